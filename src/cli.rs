@@ -1,0 +1,156 @@
+//! Command line: one binary, one subcommand per job (design.md section 1).
+//!
+//! Every flag also reads `BOOTVOLUME_<FLAG>` so the Deployments can configure the binary
+//! from the environment, kube-component style. Each subcommand's args turn into a plain
+//! config struct that tests build directly.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::{net::SocketAddr, path::PathBuf};
+
+/// Admission webhook and Ironic reconciler for metal3 BareMetalHost `spec.bootVolume`.
+#[derive(Debug, Parser)]
+#[command(name = "bootvolume", version, about)]
+pub struct Cli {
+    /// Log settings shared by every subcommand.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTPS admission webhook (/validate, /mutate).
+    Serve(ServeArgs),
+    /// Validate (and optionally mutate) BareMetalHost manifests offline.
+    Check(CheckArgs),
+    /// Generate a CA and a serving certificate for the webhook Service.
+    Certs(CertsArgs),
+    /// Run the reconciler: apply each host's bootVolume to its Ironic node.
+    Reconcile(crate::reconcile::cli::ReconcileArgs),
+    /// Apply the BareMetalHosts in files to their Ironic nodes once.
+    IronicApply(crate::reconcile::cli::IronicApplyArgs),
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging flags.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "BOOTVOLUME_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax, e.g. `info,bootvolume=debug`).
+    #[arg(long, global = true, default_value = "info", env = "BOOTVOLUME_LOG_LEVEL")]
+    pub log_level: String,
+}
+
+/// Rule policy flags shared by `serve` and `check`.
+#[derive(Clone, Debug, Args)]
+pub struct PolicyArgs {
+    /// Volume drivers hosts may use (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "cinder,external", env = "BOOTVOLUME_ALLOWED_VOLUME_DRIVERS")]
+    pub allowed_volume_drivers: Vec<String>,
+    /// Allow inline CHAP credentials (iscsiTarget.authUser/authPasswd), with a warning.
+    #[arg(long, env = "BOOTVOLUME_ALLOW_INLINE_CHAP")]
+    pub allow_inline_chap: bool,
+    /// Users whose updates that drop spec.bootVolume get it put back (comma separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = crate::rules::DEFAULT_PRESERVE_FOR,
+        env = "BOOTVOLUME_PRESERVE_FOR"
+    )]
+    pub preserve_for: Vec<String>,
+}
+
+impl PolicyArgs {
+    /// The rule policy these flags describe.
+    pub fn policy(&self) -> crate::rules::Policy {
+        crate::rules::Policy {
+            allowed_volume_drivers: self.allowed_volume_drivers.iter().map(|s| s.trim().to_owned()).collect(),
+            allow_inline_chap: self.allow_inline_chap,
+            preserve_for: self.preserve_for.iter().map(|s| s.trim().to_owned()).collect(),
+        }
+    }
+}
+
+/// `serve` flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// HTTPS listen address for the webhook.
+    #[arg(long, default_value = "0.0.0.0:9443", env = "BOOTVOLUME_LISTEN")]
+    pub listen: SocketAddr,
+    /// Plain-HTTP listen address for /metrics (and the probes).
+    #[arg(long, default_value = "0.0.0.0:8080", env = "BOOTVOLUME_METRICS_LISTEN")]
+    pub metrics_listen: SocketAddr,
+    /// PEM certificate chain; reloaded when it changes on disk.
+    #[arg(long, env = "BOOTVOLUME_TLS_CERT_FILE", requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key; reloaded with the certificate.
+    #[arg(long, env = "BOOTVOLUME_TLS_PRIVATE_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Generate a self-signed CA and a serving certificate for localhost into --cert-dir.
+    #[arg(long, env = "BOOTVOLUME_DEV", conflicts_with_all = ["tls_cert_file", "tls_private_key_file"])]
+    pub dev: bool,
+    /// Where --dev writes its certificates.
+    #[arg(long, default_value = "certs", env = "BOOTVOLUME_CERT_DIR")]
+    pub cert_dir: PathBuf,
+    /// How often the certificate files are checked for changes, in seconds.
+    #[arg(long, default_value_t = 5, env = "BOOTVOLUME_CERT_RELOAD_INTERVAL")]
+    pub cert_reload_interval: u64,
+    /// Rule policy.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// `check` output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum CheckOutput {
+    /// One line per error.
+    #[default]
+    Text,
+    /// One JSON object per host.
+    Json,
+}
+
+/// `check` flags.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Manifest files (YAML or JSON, multi-document); `-` reads stdin.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print the mutated BareMetalHosts as YAML on stdout (errors go to stderr).
+    #[arg(long)]
+    pub mutate: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = CheckOutput::Text)]
+    pub output: CheckOutput,
+    /// Rule policy.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// `certs` flags.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// The webhook Service name.
+    #[arg(long, default_value = "bootvolume-webhook")]
+    pub service: String,
+    /// The webhook Service namespace.
+    #[arg(long, default_value = "bootvolume-system")]
+    pub namespace: String,
+    /// Output directory for ca.crt, tls.crt and tls.key.
+    #[arg(long, default_value = "certs")]
+    pub out_dir: PathBuf,
+}

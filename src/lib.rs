@@ -1,0 +1,15 @@
+//! bootvolume: make diskless (boot-from-volume) bare metal safe to declare in Kubernetes.
+//!
+//! # Layout
+//! - [`api`]: typed views of the BareMetalHost parts we own (`spec.bootVolume`) or read.
+//! - [`rules`]: pure validation, `(old, new) -> Verdict`.
+//! - [`cli`]: clap command line.
+//! - [`ironic`]: typed Ironic v1 client.
+//! - [`reconcile`]: plan/apply bootVolume onto Ironic nodes; `reconcile` and `ironic-apply`.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod ironic;
+pub mod reconcile;
+pub mod rules;
