@@ -144,19 +144,25 @@ impl BootVolume {
             volume_driver: str_of(v, "volumeDriver"),
             connector_id: str_of(v, "connectorId"),
             target_type: str_of(v, "targetType"),
-            iscsi_target: v.get("iscsiTarget").filter(|t| t.is_object()).map(|t| IscsiTarget {
-                iqn: str_of(t, "iqn"),
-                portal: str_of(t, "portal"),
-                lun: t.get("lun").and_then(Value::as_i64),
-                auth_method: str_of(t, "authMethod"),
-                auth_user: str_of(t, "authUser"),
-                auth_passwd: str_of(t, "authPasswd").map(Sensitive),
-                i_type: str_of(t, "iType"),
-                auth_secret_ref: t.get("authSecretRef").filter(|r| r.is_object()).map(|r| SecretRef {
-                    name: str_of(r, "name"),
-                    namespace: str_of(r, "namespace"),
+            iscsi_target: v
+                .get("iscsiTarget")
+                .filter(|t| t.is_object())
+                .map(|t| IscsiTarget {
+                    iqn: str_of(t, "iqn"),
+                    portal: str_of(t, "portal"),
+                    lun: t.get("lun").and_then(Value::as_i64),
+                    auth_method: str_of(t, "authMethod"),
+                    auth_user: str_of(t, "authUser"),
+                    auth_passwd: str_of(t, "authPasswd").map(Sensitive),
+                    i_type: str_of(t, "iType"),
+                    auth_secret_ref: t
+                        .get("authSecretRef")
+                        .filter(|r| r.is_object())
+                        .map(|r| SecretRef {
+                            name: str_of(r, "name"),
+                            namespace: str_of(r, "namespace"),
+                        }),
                 }),
-            }),
             iscsi_credentials_name: str_of(v, "iscsiCredentialsName"),
         }
     }
@@ -188,7 +194,11 @@ impl BootVolume {
         }
         let inline = target.is_some_and(|t| t.auth_user.is_some() || t.auth_passwd.is_some());
         let secret = target.is_some_and(|t| t.auth_secret_ref.is_some());
-        if inline || secret || self.iscsi_credentials_name.is_some() { AUTH_CHAP } else { AUTH_NONE }
+        if inline || secret || self.iscsi_credentials_name.is_some() {
+            AUTH_CHAP
+        } else {
+            AUTH_NONE
+        }
     }
 
     /// LUN or its default (0).
@@ -248,7 +258,9 @@ impl<'a> HostView<'a> {
         Ok(Self {
             raw,
             namespace: meta_str("namespace").unwrap_or(""),
-            name: meta_str("name").or_else(|| meta_str("generateName")).unwrap_or(""),
+            name: meta_str("name")
+                .or_else(|| meta_str("generateName"))
+                .unwrap_or(""),
             boot_volume_raw,
             boot_volume: boot_volume_raw.map(BootVolume::from_value_lenient),
         })
@@ -256,31 +268,45 @@ impl<'a> HostView<'a> {
 
     /// `spec.<key>`, when present and not null.
     pub fn spec(&self, key: &str) -> Option<&'a Value> {
-        self.raw.get("spec").and_then(|s| s.get(key)).filter(|v| !v.is_null())
+        self.raw
+            .get("spec")
+            .and_then(|s| s.get(key))
+            .filter(|v| !v.is_null())
     }
 
     /// `spec.bmc.address`.
     pub fn bmc_address(&self) -> Option<&'a str> {
-        self.spec("bmc").and_then(|b| b.get("address")).and_then(Value::as_str)
+        self.spec("bmc")
+            .and_then(|b| b.get("address"))
+            .and_then(Value::as_str)
     }
 
     /// `status.provisioning.state`.
     pub fn provisioning_state(&self) -> Option<&'a str> {
-        self.raw.pointer("/status/provisioning/state").and_then(Value::as_str)
+        self.raw
+            .pointer("/status/provisioning/state")
+            .and_then(Value::as_str)
     }
 
     /// `status.operationalStatus`.
     pub fn operational_status(&self) -> Option<&'a str> {
-        self.raw.pointer("/status/operationalStatus").and_then(Value::as_str)
+        self.raw
+            .pointer("/status/operationalStatus")
+            .and_then(Value::as_str)
     }
 
     /// `status.provisioning.ID`: the Ironic node UUID once BMO registered the host.
     pub fn ironic_node_id(&self) -> Option<&'a str> {
-        self.raw.pointer("/status/provisioning/ID").and_then(Value::as_str).filter(|s| !s.is_empty())
+        self.raw
+            .pointer("/status/provisioning/ID")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     /// Whether `metadata.deletionTimestamp` is set.
     pub fn deleting(&self) -> bool {
-        self.raw.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
+        self.raw
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|v| !v.is_null())
     }
 }

@@ -59,7 +59,12 @@ pub struct LogArgs {
 #[derive(Clone, Debug, Args)]
 pub struct PolicyArgs {
     /// Volume drivers hosts may use (comma separated).
-    #[arg(long, value_delimiter = ',', default_value = "cinder,external", env = "BOOTVOLUME_ALLOWED_VOLUME_DRIVERS")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "cinder,external",
+        env = "BOOTVOLUME_ALLOWED_VOLUME_DRIVERS"
+    )]
     pub allowed_volume_drivers: Vec<String>,
     /// Allow inline CHAP credentials (iscsiTarget.authUser/authPasswd), with a warning.
     #[arg(long, env = "BOOTVOLUME_ALLOW_INLINE_CHAP")]
@@ -78,7 +83,11 @@ impl PolicyArgs {
     /// The rule policy these flags describe.
     pub fn policy(&self) -> crate::rules::Policy {
         crate::rules::Policy {
-            allowed_volume_drivers: self.allowed_volume_drivers.iter().map(|s| s.trim().to_owned()).collect(),
+            allowed_volume_drivers: self
+                .allowed_volume_drivers
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .collect(),
             allow_inline_chap: self.allow_inline_chap,
             preserve_for: self.preserve_for.iter().map(|s| s.trim().to_owned()).collect(),
         }

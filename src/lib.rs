@@ -10,6 +10,11 @@
 
 pub mod api;
 pub mod cli;
+/// Test and benchmark builders (not part of the API).
+#[doc(hidden)]
+pub mod fixtures;
 pub mod ironic;
+pub mod mutate;
 pub mod reconcile;
 pub mod rules;
+pub mod schema;

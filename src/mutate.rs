@@ -1,0 +1,139 @@
+//! Mutation (design.md section 2): defaults, the Secret reference, and the preserve rule,
+//! as a minimal RFC 6902 patch.
+//!
+//! The patch only touches `/spec/bootVolume` and only adds what is missing (or replaces
+//! the portal to add its port): we never re-serialize the object, so fields we do not
+//! know about are never dropped. A patched object mutates to an empty patch.
+
+use crate::{
+    api::{AUTH_CHAP, AUTH_NONE, BootVolume, DEFAULT_ISCSI_PORT, HostView, ITYPE_IQN, TARGET_TYPE_ISCSI},
+    rules::Policy,
+};
+use json_patch::{AddOperation, PatchOperation, ReplaceOperation, jsonptr::PointerBuf};
+use serde_json::{Map, Value, json};
+
+fn pointer(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: pointer(tokens),
+        value,
+    })
+}
+
+/// The patch for one admission request; empty when nothing changes.
+///
+/// `user` is the requesting user's name (for `--preserve-for`); `old` is the stored object
+/// on UPDATE.
+pub fn patch(policy: &Policy, user: &str, old: Option<&HostView>, new: &HostView) -> Vec<PatchOperation> {
+    if new.deleting() {
+        return Vec::new();
+    }
+    if let Some(ops) = preserve(policy, user, old, new) {
+        return ops;
+    }
+    match (new.boot_volume_raw, new.boot_volume.as_ref()) {
+        (Some(raw @ Value::Object(_)), Some(bv)) => defaults(raw, bv, new.namespace),
+        _ => Vec::new(),
+    }
+}
+
+/// Preserve: an UPDATE by a `--preserve-for` user that drops `spec.bootVolume` gets the old
+/// block back (an operator built without this field would erase it on every write).
+fn preserve(
+    policy: &Policy,
+    user: &str,
+    old: Option<&HostView>,
+    new: &HostView,
+) -> Option<Vec<PatchOperation>> {
+    let old_block = old?.boot_volume_raw?;
+    if new.boot_volume_raw.is_some() || !policy.preserve_for.iter().any(|u| u == user) {
+        return None;
+    }
+    Some(match new.raw.get("spec") {
+        Some(Value::Object(_)) => vec![add(&["spec", "bootVolume"], old_block.clone())],
+        _ => vec![add(&["spec"], json!({ "bootVolume": old_block }))],
+    })
+}
+
+/// Defaults and the Secret reference for a present `bootVolume` object.
+fn defaults(raw: &Value, bv: &BootVolume, namespace: &str) -> Vec<PatchOperation> {
+    let mut ops = Vec::new();
+    if raw.get("targetType").is_none() {
+        ops.push(add(
+            &["spec", "bootVolume", "targetType"],
+            json!(TARGET_TYPE_ISCSI),
+        ));
+    }
+    let cinder = bv.volume_driver.as_deref() == Some("cinder");
+    let target = raw.get("iscsiTarget");
+    // Fields to add under iscsiTarget, in a stable order.
+    let mut fields: Vec<(&str, Value)> = Vec::new();
+    let has = |k: &str| target.is_some_and(|t| t.get(k).is_some());
+    if target.is_some() || bv.iscsi_credentials_name.is_some() {
+        if !has("iType") {
+            fields.push(("iType", json!(ITYPE_IQN)));
+        }
+        if !has("lun") && !cinder && target.is_some() {
+            fields.push(("lun", json!(0)));
+        }
+        if !has("authMethod") {
+            let t = bv.iscsi_target.as_ref();
+            let credentials = bv.iscsi_credentials_name.is_some()
+                || t.is_some_and(|t| {
+                    t.auth_user.is_some() || t.auth_passwd.is_some() || t.auth_secret_ref.is_some()
+                });
+            // Without credentials, external hosts must say `None` themselves (CHAP is the
+            // safe default and the rules require a credential source for it).
+            if credentials {
+                fields.push(("authMethod", json!(AUTH_CHAP)));
+            } else if cinder {
+                fields.push(("authMethod", json!(AUTH_NONE)));
+            }
+        }
+        match (
+            bv.iscsi_credentials_name.as_deref(),
+            target.and_then(|t| t.get("authSecretRef")),
+        ) {
+            (Some(name), None) if namespace.is_empty() => {
+                fields.push(("authSecretRef", json!({ "name": name })))
+            }
+            (Some(name), None) => {
+                fields.push(("authSecretRef", json!({ "name": name, "namespace": namespace })))
+            }
+            (_, Some(Value::Object(r))) if !r.contains_key("namespace") && !namespace.is_empty() => {
+                ops.push(add(
+                    &["spec", "bootVolume", "iscsiTarget", "authSecretRef", "namespace"],
+                    json!(namespace),
+                ));
+            }
+            _ => {}
+        }
+    }
+    if let Some(portal) = target.and_then(|t| t.get("portal")).and_then(Value::as_str)
+        && !portal.is_empty()
+        && !portal.contains(':')
+    {
+        ops.push(PatchOperation::Replace(ReplaceOperation {
+            path: pointer(&["spec", "bootVolume", "iscsiTarget", "portal"]),
+            value: json!(format!("{portal}:{DEFAULT_ISCSI_PORT}")),
+        }));
+    }
+    match target {
+        Some(Value::Object(_)) => {
+            ops.extend(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| add(&["spec", "bootVolume", "iscsiTarget", k], v)),
+            );
+        }
+        None if !fields.is_empty() => {
+            let obj: Map<String, Value> = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            ops.push(add(&["spec", "bootVolume", "iscsiTarget"], Value::Object(obj)));
+        }
+        _ => {}
+    }
+    ops
+}
