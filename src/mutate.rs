@@ -41,7 +41,8 @@ pub fn patch(policy: &Policy, user: &str, old: Option<&HostView>, new: &HostView
 }
 
 /// Preserve: an UPDATE by a `--preserve-for` user that drops `spec.bootVolume` gets the old
-/// block back (an operator built without this field would erase it on every write).
+/// block back (an operator built without this field would erase it on every write), with
+/// defaults applied as if it had been sent.
 fn preserve(
     policy: &Policy,
     user: &str,
@@ -52,9 +53,18 @@ fn preserve(
     if new.boot_volume_raw.is_some() || !policy.preserve_for.iter().any(|u| u == user) {
         return None;
     }
+    let mut restored = json!({ "spec": { "bootVolume": old_block } });
+    if let Ok(view) = HostView::new(&restored)
+        && let Some(bv) = view.boot_volume.as_ref()
+    {
+        let ops = defaults(old_block, bv, new.namespace);
+        // Our own ops on a copy of our own block: they always apply.
+        let _ = json_patch::patch(&mut restored, &ops);
+    }
+    let block = restored["spec"]["bootVolume"].take();
     Some(match new.raw.get("spec") {
-        Some(Value::Object(_)) => vec![add(&["spec", "bootVolume"], old_block.clone())],
-        _ => vec![add(&["spec"], json!({ "bootVolume": old_block }))],
+        Some(Value::Object(_)) => vec![add(&["spec", "bootVolume"], block)],
+        _ => vec![add(&["spec"], json!({ "bootVolume": block }))],
     })
 }
 
@@ -136,4 +146,152 @@ fn defaults(raw: &Value, bv: &BootVolume, namespace: &str) -> Vec<PatchOperation
         _ => {}
     }
     ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{fixtures::Host, rules::DEFAULT_PRESERVE_FOR};
+
+    fn run(user: &str, old: Option<&Host>, new: &Host) -> Vec<PatchOperation> {
+        let new_view = HostView::new(&new.0).expect("view");
+        let old_view = old.map(|o| HostView::new(&o.0).expect("view"));
+        patch(&Policy::default(), user, old_view.as_ref(), &new_view)
+    }
+
+    fn apply(host: &Host, ops: &[PatchOperation]) -> Host {
+        let mut doc = host.0.clone();
+        json_patch::patch(&mut doc, ops).expect("patch applies");
+        Host(doc)
+    }
+
+    /// (case, user, old, new, expected object after the patch).
+    #[test]
+    fn patches() {
+        let t = "/spec/bootVolume/iscsiTarget";
+        let ext = Host::external;
+        let cases: Vec<(&str, &str, Option<Host>, Host, Host)> = vec![
+            (
+                "external_defaults",
+                "alice",
+                None,
+                ext().set(&format!("{t}/portal"), json!("192.0.2.10")).remove(&format!("{t}/lun")),
+                ext()
+                    .set("/spec/bootVolume/targetType", json!("iscsi"))
+                    .set(&format!("{t}/portal"), json!("192.0.2.10:3260"))
+                    .set(&format!("{t}/lun"), json!(0))
+                    .set(&format!("{t}/iType"), json!("iqn"))
+                    .set(&format!("{t}/authMethod"), json!("CHAP"))
+                    .set(&format!("{t}/authSecretRef"), json!({"name": "host-0-chap", "namespace": "metal3"})),
+            ),
+            (
+                "external_auth_none_kept",
+                "alice",
+                None,
+                ext().remove("/spec/bootVolume/iscsiCredentialsName").set(&format!("{t}/authMethod"), json!("None")),
+                ext()
+                    .remove("/spec/bootVolume/iscsiCredentialsName")
+                    .set(&format!("{t}/authMethod"), json!("None"))
+                    .set("/spec/bootVolume/targetType", json!("iscsi"))
+                    .set(&format!("{t}/iType"), json!("iqn")),
+            ),
+            (
+                "secret_ref_namespace_filled",
+                "alice",
+                None,
+                ext()
+                    .remove("/spec/bootVolume/iscsiCredentialsName")
+                    .set("/spec/bootVolume/targetType", json!("iscsi"))
+                    .set(&format!("{t}/authSecretRef"), json!({"name": "s"})),
+                ext()
+                    .remove("/spec/bootVolume/iscsiCredentialsName")
+                    .set("/spec/bootVolume/targetType", json!("iscsi"))
+                    .set(&format!("{t}/authSecretRef"), json!({"name": "s", "namespace": "metal3"}))
+                    .set(&format!("{t}/iType"), json!("iqn"))
+                    .set(&format!("{t}/authMethod"), json!("CHAP")),
+            ),
+            (
+                "cinder_minimal",
+                "alice",
+                None,
+                Host::cinder(),
+                Host::cinder().set("/spec/bootVolume/targetType", json!("iscsi")),
+            ),
+            (
+                "cinder_with_secret_creates_target",
+                "alice",
+                None,
+                Host::cinder().set("/spec/bootVolume/iscsiCredentialsName", json!("c")),
+                Host::cinder()
+                    .set("/spec/bootVolume/iscsiCredentialsName", json!("c"))
+                    .set("/spec/bootVolume/targetType", json!("iscsi"))
+                    .set(
+                        t,
+                        json!({"iType": "iqn", "authMethod": "CHAP", "authSecretRef": {"name": "c", "namespace": "metal3"}}),
+                    ),
+            ),
+            (
+                "preserve_for_operator",
+                DEFAULT_PRESERVE_FOR,
+                Some(ext().set("/spec/bootVolume/targetType", json!("iscsi"))),
+                Host::plain().set("/metadata/finalizers", json!(["baremetalhost.metal3.io"])),
+                ext()
+                    .set("/spec/bootVolume/targetType", json!("iscsi"))
+                    .set(&format!("{t}/iType"), json!("iqn"))
+                    .set(&format!("{t}/authMethod"), json!("CHAP"))
+                    .set(&format!("{t}/authSecretRef"), json!({"name": "host-0-chap", "namespace": "metal3"}))
+                    .set("/metadata/finalizers", json!(["baremetalhost.metal3.io"])),
+            ),
+            ("no_preserve_for_users", "alice", Some(ext()), Host::plain(), Host::plain()),
+            ("no_boot_volume", "alice", None, Host::plain(), Host::plain()),
+            (
+                "deleting_untouched",
+                "alice",
+                None,
+                Host::cinder().set("/metadata/deletionTimestamp", json!("2026-11-30T00:00:00Z")),
+                Host::cinder().set("/metadata/deletionTimestamp", json!("2026-11-30T00:00:00Z")),
+            ),
+            (
+                "unknown_fields_kept",
+                "alice",
+                None,
+                Host::cinder().set("/spec/futureField", json!({"a": 1})).set("/spec/bootVolume/targetType", json!("iscsi")),
+                Host::cinder().set("/spec/futureField", json!({"a": 1})).set("/spec/bootVolume/targetType", json!("iscsi")),
+            ),
+        ];
+        for (name, user, old, new, expected) in &cases {
+            let ops = run(user, old.as_ref(), new);
+            for op in &ops {
+                assert!(
+                    op.path().to_string().starts_with("/spec/bootVolume"),
+                    "{name}: {op:?}"
+                );
+            }
+            let patched = apply(new, &ops);
+            assert_eq!(patched.0, expected.0, "{name}");
+            assert_eq!(
+                run(user, old.as_ref(), &patched),
+                vec![],
+                "{name}: mutation must be idempotent"
+            );
+        }
+    }
+
+    #[test]
+    fn patched_objects_validate_like_unpatched_ones() {
+        let policy = Policy::default();
+        for host in [
+            Host::external(),
+            Host::cinder(),
+            Host::external().set("/spec/bootVolume/iscsiTarget/portal", json!("h")),
+        ] {
+            let view = HostView::new(&host.0).expect("view");
+            let patched = apply(&host, &patch(&policy, "u", None, &view));
+            let patched_view = HostView::new(&patched.0).expect("view");
+            assert_eq!(
+                crate::rules::validate(&policy, None, &view).errors,
+                crate::rules::validate(&policy, None, &patched_view).errors
+            );
+        }
+    }
 }
