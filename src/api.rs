@@ -266,6 +266,15 @@ impl<'a> HostView<'a> {
         })
     }
 
+    /// The namespace, or `default` when the object has none (how kubectl would create it).
+    pub fn namespace_or(&self, default: &'a str) -> &'a str {
+        if self.namespace.is_empty() {
+            default
+        } else {
+            self.namespace
+        }
+    }
+
     /// `spec.<key>`, when present and not null.
     pub fn spec(&self, key: &str) -> Option<&'a Value> {
         self.raw

@@ -143,7 +143,7 @@ pub struct CheckArgs {
     #[arg(long)]
     pub mutate: bool,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = CheckOutput::Text)]
+    #[arg(long, value_enum, default_value_t = CheckOutput::Text, conflicts_with = "mutate")]
     pub output: CheckOutput,
     /// Rule policy.
     #[command(flatten)]
@@ -162,4 +162,81 @@ pub struct CertsArgs {
     /// Output directory for ca.crt, tls.crt and tls.key.
     #[arg(long, default_value = "certs")]
     pub out_dir: PathBuf,
+}
+
+impl ServeArgs {
+    /// The server configuration these flags describe.
+    pub fn config(&self) -> crate::server::ServeConfig {
+        use crate::server::{CertSource, Limits, ServeConfig};
+        let certs = match (&self.tls_cert_file, &self.tls_private_key_file) {
+            (Some(cert), Some(key)) => CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => CertSource::Dev(self.cert_dir.clone()),
+        };
+        ServeConfig {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            certs,
+            reload_interval: std::time::Duration::from_secs(self.cert_reload_interval.max(1)),
+            policy: self.policy.policy(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGTERM from the kubelet, or Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+/// `serve`: refuses to start without certificates unless `--dev` asks for generated ones.
+pub async fn run_serve(args: ServeArgs) -> Result<(), crate::server::Error> {
+    if args.tls_cert_file.is_none() && !args.dev {
+        tracing::info!("no --tls-cert-file given: generating development certificates (as with --dev)");
+    }
+    let server = crate::server::WebhookServer::bind(args.config()).await?;
+    if let Some(ca) = &server.dev_ca {
+        eprintln!("development CA certificate: {}", ca.display());
+    }
+    eprintln!(
+        "webhook listening on https://{} (metrics on http://{})",
+        server.local_addr(),
+        server.metrics_addr()
+    );
+    server.run(shutdown_signal()).await;
+    Ok(())
+}
+
+/// `certs`: prints where the files went and what to do with them.
+pub fn run_certs(args: &CertsArgs) -> Result<(), crate::tls::Error> {
+    let names = crate::tls::service_dns_names(&args.service, &args.namespace);
+    let g = crate::tls::generate(&args.out_dir, &names)?;
+    println!("CA certificate:      {}", g.ca.display());
+    println!(
+        "serving certificate: {} (DNS: {})",
+        g.cert.display(),
+        names.join(", ")
+    );
+    println!("serving key:         {}", g.key.display());
+    Ok(())
 }

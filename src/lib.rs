@@ -8,13 +8,19 @@
 //! - [`reconcile`]: plan/apply bootVolume onto Ironic nodes; `reconcile` and `ironic-apply`.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
+pub mod check;
 pub mod cli;
 /// Test and benchmark builders (not part of the API).
 #[doc(hidden)]
 pub mod fixtures;
 pub mod ironic;
+pub mod metrics;
 pub mod mutate;
 pub mod reconcile;
 pub mod rules;
 pub mod schema;
+pub mod server;
+pub mod telemetry;
+pub mod tls;

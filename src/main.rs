@@ -1,10 +1,28 @@
-use bootvolume::cli::{Cli, Command};
+use bootvolume::{
+    check,
+    cli::{self, Cli, Command},
+    telemetry,
+};
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
+    // One crypto provider for the whole process (ring); an error means it is already set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    telemetry::init(&cli.log);
+    let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match cli.command {
-        Command::Serve(_) | Command::Check(_) | Command::Certs(_) => anyhow::bail!("not built yet"),
+        Command::Serve(args) => runtime()?.block_on(cli::run_serve(args))?,
+        Command::Check(args) => {
+            let code = check::run(
+                &args,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )?;
+            std::process::exit(code);
+        }
+        Command::Certs(args) => cli::run_certs(&args)?,
         Command::Reconcile(_) | Command::IronicApply(_) => anyhow::bail!("not built yet"),
     }
+    Ok(())
 }

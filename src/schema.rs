@@ -40,6 +40,12 @@ static VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
     jsonschema::validator_for(&schema).expect("embedded bootVolume schema compiles")
 });
 
+/// Compiles the validator now rather than on the first request (readiness should mean
+/// the first request is as fast as the rest).
+pub fn warm_up() {
+    LazyLock::force(&VALIDATOR);
+}
+
 /// Whether a schema violation is about the JSON type (the semantic rules cannot read the
 /// field then, so this error is the one to report at that path).
 pub fn is_type_error(e: &FieldError) -> bool {

@@ -1,0 +1,378 @@
+//! `admission.k8s.io/v1` AdmissionReview: the wire types and the pure decision.
+//!
+//! We model the review ourselves rather than use kube's typed `AdmissionRequest<T>`: an
+//! object that cannot be read as a BareMetalHost must still produce a denial with the uid
+//! echoed (kube's types fail the whole decode), and the patch must be the base64 string the
+//! Kubernetes API documents (kube-core serializes bytes as a number array, kube-rs #1781).
+//! [`admit`] is pure; [`http`] decodes bodies and encodes responses around it.
+
+pub mod http;
+
+use crate::{
+    api::{self, HostView},
+    mutate,
+    rules::{self, FieldError, Policy, Verdict},
+};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The AdmissionReview `apiVersion` we speak.
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+/// The AdmissionReview `kind`.
+pub const KIND: &str = "AdmissionReview";
+
+/// Which webhook is answering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Webhook {
+    /// `/validate`: allow or deny.
+    Validate,
+    /// `/mutate`: allow, possibly with a patch.
+    Mutate,
+}
+
+impl Webhook {
+    /// Metric and log label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Validate => "validate",
+            Self::Mutate => "mutate",
+        }
+    }
+}
+
+/// An incoming AdmissionReview (only the fields we read).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Review {
+    /// Must be `admission.k8s.io/v1`.
+    pub api_version: String,
+    /// Must be `AdmissionReview`.
+    pub kind: String,
+    /// The request; a review without one is malformed.
+    pub request: Option<Request>,
+}
+
+/// Group/version/kind as the API server sends it.
+#[derive(Debug, Default, Deserialize)]
+pub struct GroupVersionKind {
+    /// API group (`metal3.io`).
+    #[serde(default)]
+    pub group: String,
+    /// Version (`v1alpha1`).
+    #[serde(default)]
+    pub version: String,
+    /// Kind (`BareMetalHost`).
+    #[serde(default)]
+    pub kind: String,
+}
+
+/// The requesting user.
+#[derive(Debug, Default, Deserialize)]
+pub struct UserInfo {
+    /// User name (`system:serviceaccount:ns:name` for service accounts).
+    #[serde(default)]
+    pub username: String,
+}
+
+/// `AdmissionReview.request`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    /// Echoed in the response.
+    pub uid: String,
+    /// The object's kind.
+    #[serde(default)]
+    pub kind: GroupVersionKind,
+    /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
+    pub operation: String,
+    /// Object name (may be empty on CREATE with generateName).
+    #[serde(default)]
+    pub name: String,
+    /// Object namespace: authoritative, even when the object omits it.
+    #[serde(default)]
+    pub namespace: String,
+    /// Who asks.
+    #[serde(default)]
+    pub user_info: UserInfo,
+    /// The new object (CREATE, UPDATE).
+    #[serde(default)]
+    pub object: Option<Value>,
+    /// The stored object (UPDATE, DELETE).
+    #[serde(default)]
+    pub old_object: Option<Value>,
+    /// Whether the request will be persisted.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl Request {
+    /// The operation as a static label (unknown values collapse to `other`).
+    pub fn operation_label(&self) -> &'static str {
+        match self.operation.as_str() {
+            "CREATE" => "CREATE",
+            "UPDATE" => "UPDATE",
+            "DELETE" => "DELETE",
+            "CONNECT" => "CONNECT",
+            _ => "other",
+        }
+    }
+}
+
+/// `metav1.StatusCause`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCause {
+    /// `FieldValueRequired`, `FieldValueInvalid`, ...
+    pub reason: String,
+    /// The error without its field.
+    pub message: String,
+    /// Full field path.
+    pub field: String,
+}
+
+impl From<&FieldError> for StatusCause {
+    fn from(e: &FieldError) -> Self {
+        Self {
+            reason: e.kind.reason().to_owned(),
+            message: e.message(),
+            field: e.field.clone(),
+        }
+    }
+}
+
+/// `metav1.StatusDetails`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusDetails {
+    /// Object name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// API group.
+    pub group: String,
+    /// Kind.
+    pub kind: String,
+    /// One cause per field error.
+    pub causes: Vec<StatusCause>,
+}
+
+/// `metav1.Status` of a denial.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Always `Failure`.
+    pub status: String,
+    /// The aggregated field errors.
+    pub message: String,
+    /// `Invalid`.
+    pub reason: String,
+    /// Field-level causes.
+    pub details: StatusDetails,
+    /// 422.
+    pub code: u16,
+}
+
+/// `AdmissionReview.response`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    /// The request's uid.
+    pub uid: String,
+    /// The decision.
+    pub allowed: bool,
+    /// Why not, when denied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// `JSONPatch` when `patch` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<String>,
+    /// Base64 of the RFC 6902 patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    /// Shown by kubectl as `Warning: ...`.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub warnings: Vec<String>,
+    /// Stored in the audit event, prefixed with the webhook name by the API server.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub audit_annotations: BTreeMap<String, String>,
+}
+
+/// The outgoing AdmissionReview.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewResponse {
+    /// `admission.k8s.io/v1`.
+    pub api_version: String,
+    /// `AdmissionReview`.
+    pub kind: String,
+    /// The answer.
+    pub response: Response,
+}
+
+impl From<Response> for ReviewResponse {
+    fn from(response: Response) -> Self {
+        Self {
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
+            response,
+        }
+    }
+}
+
+/// What was decided, for the audit log and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed without changes.
+    Allowed,
+    /// Denied.
+    Denied,
+    /// Allowed with a patch.
+    Mutated,
+}
+
+impl Decision {
+    /// Label for logs, metrics and the `decision` audit annotation.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Denied => "denied",
+            Self::Mutated => "mutated",
+        }
+    }
+}
+
+/// The decision and the response that carries it.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The response to send.
+    pub response: Response,
+    /// The decision.
+    pub decision: Decision,
+    /// Fields with errors, for the audit log.
+    pub violations: Vec<String>,
+}
+
+fn is_bare_metal_host(kind: &GroupVersionKind) -> bool {
+    kind.group == "metal3.io" && kind.kind == api::KIND
+}
+
+/// Decides one admission request. Pure: the handler only decodes and encodes around it.
+///
+/// DELETE, CONNECT, other kinds and other groups are allowed untouched.
+pub fn admit(policy: &Policy, webhook: Webhook, req: &Request) -> Outcome {
+    let ours = is_bare_metal_host(&req.kind) && matches!(req.operation.as_str(), "CREATE" | "UPDATE");
+    let object = req.object.as_ref().filter(|_| ours);
+    let Some(object) = object else {
+        return if ours {
+            deny(req, unreadable("object", "required for CREATE and UPDATE"))
+        } else {
+            allow(req, Vec::new())
+        };
+    };
+    let mut new = match HostView::new(object) {
+        Ok(v) => v,
+        Err(e) => return deny(req, unreadable("object", &e.to_string())),
+    };
+    if !req.namespace.is_empty() {
+        new.namespace = &req.namespace;
+    }
+    // An unreadable old object cannot be compared with: treat the request like a CREATE.
+    let old = req
+        .old_object
+        .as_ref()
+        .and_then(|o| HostView::new(o).ok())
+        .map(|mut o| {
+            if !req.namespace.is_empty() {
+                o.namespace = &req.namespace;
+            }
+            o
+        });
+    match webhook {
+        Webhook::Validate => {
+            let verdict = rules::validate(policy, old.as_ref(), &new);
+            if verdict.allowed() {
+                allow(req, verdict.warnings)
+            } else {
+                deny(req, verdict)
+            }
+        }
+        Webhook::Mutate => {
+            let ops = mutate::patch(policy, &req.user_info.username, old.as_ref(), &new);
+            if ops.is_empty() {
+                return allow(req, Vec::new());
+            }
+            // A Vec of patch operations always serializes.
+            let json = serde_json::to_vec(&ops).unwrap_or_default();
+            let mut outcome = allow(req, Vec::new());
+            outcome.decision = Decision::Mutated;
+            outcome.response.patch_type = Some("JSONPatch".to_owned());
+            outcome.response.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
+            outcome
+                .response
+                .audit_annotations
+                .insert("decision".into(), Decision::Mutated.label().into());
+            outcome
+        }
+    }
+}
+
+fn unreadable(field: &str, why: &str) -> Verdict {
+    Verdict {
+        errors: vec![FieldError::invalid(
+            "readable-object",
+            field,
+            rules::Shown::Json("{...}".into()),
+            format!("cannot be read as a BareMetalHost: {why}"),
+        )],
+        warnings: Vec::new(),
+    }
+}
+
+fn allow(req: &Request, warnings: Vec<String>) -> Outcome {
+    let mut audit = BTreeMap::new();
+    audit.insert("decision".to_owned(), Decision::Allowed.label().to_owned());
+    Outcome {
+        response: Response {
+            uid: req.uid.clone(),
+            allowed: true,
+            warnings,
+            audit_annotations: audit,
+            ..Response::default()
+        },
+        decision: Decision::Allowed,
+        violations: Vec::new(),
+    }
+}
+
+fn deny(req: &Request, verdict: Verdict) -> Outcome {
+    let violations: Vec<String> = {
+        let mut v: Vec<String> = verdict.errors.iter().map(|e| e.field.clone()).collect();
+        v.dedup();
+        v
+    };
+    let mut audit = BTreeMap::new();
+    audit.insert("decision".to_owned(), Decision::Denied.label().to_owned());
+    audit.insert("violations".to_owned(), violations.join(","));
+    let status = Status {
+        status: "Failure".to_owned(),
+        message: verdict.message(),
+        reason: "Invalid".to_owned(),
+        details: StatusDetails {
+            name: req.name.clone(),
+            group: "metal3.io".to_owned(),
+            kind: api::KIND.to_owned(),
+            causes: verdict.errors.iter().map(StatusCause::from).collect(),
+        },
+        code: 422,
+    };
+    Outcome {
+        response: Response {
+            uid: req.uid.clone(),
+            allowed: false,
+            status: Some(status),
+            warnings: verdict.warnings,
+            audit_annotations: audit,
+            ..Response::default()
+        },
+        decision: Decision::Denied,
+        violations,
+    }
+}
