@@ -82,16 +82,19 @@ fn defaults(raw: &Value, bv: &BootVolume, namespace: &str) -> Vec<PatchOperation
     // Fields to add under iscsiTarget, in a stable order.
     let mut fields: Vec<(&str, Value)> = Vec::new();
     let has = |k: &str| target.is_some_and(|t| t.get(k).is_some());
-    if target.is_some() || bv.iscsi_credentials_name.is_some() {
+    let credentials_name = bv.iscsi_credentials_name.as_deref().filter(|n| !n.is_empty());
+    // Only cinder hosts may lack iscsiTarget; for the others a missing target is an error
+    // that creating one would only disguise.
+    if target.is_some() || (cinder && credentials_name.is_some()) {
         if !has("iType") {
             fields.push(("iType", json!(ITYPE_IQN)));
         }
-        if !has("lun") && !cinder && target.is_some() {
+        if !has("lun") && !cinder {
             fields.push(("lun", json!(0)));
         }
         if !has("authMethod") {
             let t = bv.iscsi_target.as_ref();
-            let credentials = bv.iscsi_credentials_name.is_some()
+            let credentials = credentials_name.is_some()
                 || t.is_some_and(|t| {
                     t.auth_user.is_some() || t.auth_passwd.is_some() || t.auth_secret_ref.is_some()
                 });
@@ -103,10 +106,7 @@ fn defaults(raw: &Value, bv: &BootVolume, namespace: &str) -> Vec<PatchOperation
                 fields.push(("authMethod", json!(AUTH_NONE)));
             }
         }
-        match (
-            bv.iscsi_credentials_name.as_deref(),
-            target.and_then(|t| t.get("authSecretRef")),
-        ) {
+        match (credentials_name, target.and_then(|t| t.get("authSecretRef"))) {
             (Some(name), None) if namespace.is_empty() => {
                 fields.push(("authSecretRef", json!({ "name": name })))
             }

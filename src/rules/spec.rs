@@ -230,7 +230,10 @@ fn credentials(host: &HostView, bv: &BootVolume, policy: &Policy, out: &mut Verd
         match r.name.as_deref().filter(|n| !n.is_empty()) {
             None => out.errors.push(FieldError::required("secret-ref", NAME, "")),
             Some(n) => {
-                secret_name("secret-ref", NAME, n, out);
+                // A reference resolved from iscsiCredentialsName was already checked there.
+                if cred_name != Some(n) {
+                    secret_name("secret-ref", NAME, n, out);
+                }
                 if let Some(c) = cred_name.filter(|c| *c != n) {
                     out.errors.push(FieldError::invalid(
                         "secret-ref",
@@ -255,12 +258,14 @@ fn credentials(host: &HostView, bv: &BootVolume, policy: &Policy, out: &mut Verd
     }
 
     let from_secret = cred_name.is_some() || secret_ref.is_some();
+    // The reference mutation resolves from iscsiCredentialsName: one source, reported once.
+    let derived_ref = cred_name.is_some() && secret_ref.and_then(|r| r.name.as_deref()) == cred_name;
     match method {
         Some(AUTH_NONE) => {
             const WHY: &str = "must not be set with authMethod None";
             let set = [
                 (CRED_NAME, cred_name.is_some()),
-                (SECRET_REF, secret_ref.is_some()),
+                (SECRET_REF, secret_ref.is_some() && !derived_ref),
                 (AUTH_USER, user),
                 (AUTH_PASSWD, passwd),
             ];
