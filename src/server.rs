@@ -180,7 +180,7 @@ impl WebhookServer {
         });
         self.state.ready.store(true, Ordering::Relaxed);
         tracing::info!(%listen, "webhook serving");
-        accept_loop(
+        serve_router(
             self.https,
             tls::server_config(self.store.clone()),
             router(self.state.clone()),
@@ -200,7 +200,10 @@ impl WebhookServer {
     }
 }
 
-async fn accept_loop(
+/// Serves `app` over TLS on `listener` until `shutdown`, then drains.
+///
+/// Public so the load benchmark's ceiling server runs on exactly the same stack.
+pub async fn serve_router(
     listener: TcpListener,
     tls_config: Arc<rustls::ServerConfig>,
     app: axum::Router,
