@@ -29,7 +29,6 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="bootvolume" \
       org.opencontainers.image.description="Admission webhook and Ironic reconciler for metal3 BareMetalHost spec.bootVolume" \
-      org.opencontainers.image.source="https://github.com/metal3-io/bootvolume" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/bootvolume /usr/local/bin/bootvolume
 USER 65532:65532
