@@ -50,7 +50,10 @@ fn yaml_docs(text: &str, what: &str) -> Vec<Value> {
 
 /// `kubectl kustomize manifests/<dir>`, parsed; `None` (with a message) without kubectl.
 fn render(dir: &str) -> Option<Vec<Value>> {
-    let out = match Command::new("kubectl").arg("kustomize").arg(root().join("manifests").join(dir)).output()
+    let out = match Command::new("kubectl")
+        .arg("kustomize")
+        .arg(root().join("manifests").join(dir))
+        .output()
     {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -64,7 +67,10 @@ fn render(dir: &str) -> Option<Vec<Value>> {
         "kubectl kustomize manifests/{dir} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(yaml_docs(&String::from_utf8(out.stdout).expect("utf-8 output"), dir))
+    Some(yaml_docs(
+        &String::from_utf8(out.stdout).expect("utf-8 output"),
+        dir,
+    ))
 }
 
 fn kind(o: &Value) -> &str {
@@ -82,7 +88,9 @@ fn find<'a>(docs: &'a [Value], k: &str, n: &str) -> &'a Value {
 }
 
 fn strings(v: &Value) -> Vec<&str> {
-    v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
 }
 
 fn set<'a>(items: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
@@ -136,23 +144,32 @@ fn help_flags(sub: &str) -> BTreeMap<String, String> {
 /// The `[default: X]` clap prints for `flag` in `bootvolume <sub> --help`.
 fn help_default(sub: &str, flag: &str) -> String {
     let flags = help_flags(sub);
-    let block = flags.get(flag).unwrap_or_else(|| panic!("`bootvolume {sub}` has no {flag} flag"));
-    let start = block.find("[default: ").unwrap_or_else(|| panic!("{flag} has no default")) + 10;
+    let block = flags
+        .get(flag)
+        .unwrap_or_else(|| panic!("`bootvolume {sub}` has no {flag} flag"));
+    let start = block
+        .find("[default: ")
+        .unwrap_or_else(|| panic!("{flag} has no default"))
+        + 10;
     block[start..].split(']').next().unwrap().to_owned()
 }
 
 fn port_of(addr: &str) -> u64 {
-    addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {addr}"))
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr}"))
 }
 
 /// `--flag=value` or `--flag value` from a container's args.
 fn arg_value<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
     args.iter().enumerate().find_map(|(i, a)| {
-        a.strip_prefix(flag).and_then(|rest| match rest.strip_prefix('=') {
-            Some(v) => Some(v),
-            None if rest.is_empty() => args.get(i + 1).copied(),
-            None => None,
-        })
+        a.strip_prefix(flag)
+            .and_then(|rest| match rest.strip_prefix('=') {
+                Some(v) => Some(v),
+                None if rest.is_empty() => args.get(i + 1).copied(),
+                None => None,
+            })
     })
 }
 
@@ -183,7 +200,10 @@ fn schema_patch() -> (String, Value) {
     let ops = patch.as_array().expect("a JSON6902 patch is an array");
     let adds: Vec<_> = ops.iter().filter(|op| op["op"] == "add").collect();
     assert_eq!(adds.len(), 1, "the schema patch must have exactly one add op");
-    (adds[0]["path"].as_str().unwrap().to_owned(), adds[0]["value"].clone())
+    (
+        adds[0]["path"].as_str().unwrap().to_owned(),
+        adds[0]["value"].clone(),
+    )
 }
 
 fn rendered_crd_schema(docs: &[Value]) -> Value {
@@ -196,7 +216,10 @@ fn rendered_crd_schema(docs: &[Value]) -> Value {
 /// BareMetalHost documents of a YAML file under the crate root.
 fn hosts_in(path: &Path) -> Vec<Value> {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    yaml_docs(&text, &path.display().to_string()).into_iter().filter(|d| kind(d) == "BareMetalHost").collect()
+    yaml_docs(&text, &path.display().to_string())
+        .into_iter()
+        .filter(|d| kind(d) == "BareMetalHost")
+        .collect()
 }
 
 fn yaml_files(dir: &str, prefix: &str) -> Vec<PathBuf> {
@@ -232,8 +255,10 @@ fn undeclared_fields(schema: &Value, value: &Value, path: &str, out: &mut Vec<St
 #[test]
 fn default_renders_exactly_the_expected_objects() {
     let Some(docs) = render("default") else { return };
-    let got: BTreeSet<(String, String)> =
-        docs.iter().map(|o| (kind(o).to_owned(), name(o).to_owned())).collect();
+    let got: BTreeSet<(String, String)> = docs
+        .iter()
+        .map(|o| (kind(o).to_owned(), name(o).to_owned()))
+        .collect();
     assert_eq!(got.len(), docs.len(), "duplicate objects in manifests/default");
     let mut want: BTreeSet<(String, String)> = [
         ("Namespace", NAMESPACE),
@@ -289,10 +314,18 @@ fn default_renders_exactly_the_expected_objects() {
 #[test]
 fn no_certmanager_entry_point_leaves_out_cert_manager_only() {
     let Some(with) = render("default") else { return };
-    let Some(without) = render("no-certmanager") else { return };
-    assert!(without.iter().all(|o| !o["apiVersion"].as_str().unwrap().starts_with("cert-manager.io/")));
+    let Some(without) = render("no-certmanager") else {
+        return;
+    };
     assert!(
-        without.iter().all(|o| o["metadata"]["annotations"].get("cert-manager.io/inject-ca-from").is_none()),
+        without
+            .iter()
+            .all(|o| !o["apiVersion"].as_str().unwrap().starts_with("cert-manager.io/"))
+    );
+    assert!(
+        without.iter().all(|o| o["metadata"]["annotations"]
+            .get("cert-manager.io/inject-ca-from")
+            .is_none()),
         "without cert-manager nothing may wait for cainjector"
     );
     let strip = |docs: &[Value]| -> BTreeSet<String> {
@@ -300,7 +333,11 @@ fn no_certmanager_entry_point_leaves_out_cert_manager_only() {
             .filter(|o| !o["apiVersion"].as_str().unwrap().starts_with("cert-manager.io/"))
             .map(|o| {
                 let mut o = o.clone();
-                if let Some(a) = o["metadata"]["annotations"].as_object_mut() {
+                // pointer_mut, not IndexMut: indexing would insert `annotations: null`.
+                if let Some(a) = o
+                    .pointer_mut("/metadata/annotations")
+                    .and_then(Value::as_object_mut)
+                {
                     a.remove("cert-manager.io/inject-ca-from");
                     if a.is_empty() {
                         o["metadata"].as_object_mut().unwrap().remove("annotations");
@@ -310,7 +347,11 @@ fn no_certmanager_entry_point_leaves_out_cert_manager_only() {
             })
             .collect()
     };
-    assert_eq!(strip(&with), strip(&without), "the two entry points differ only in cert-manager");
+    assert_eq!(
+        strip(&with),
+        strip(&without),
+        "the two entry points differ only in cert-manager"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -320,20 +361,29 @@ fn no_certmanager_entry_point_leaves_out_cert_manager_only() {
 #[test]
 fn webhook_configurations_match_the_design() {
     let Some(docs) = render("default") else { return };
-    for (k, path) in [("ValidatingWebhookConfiguration", "/validate"), ("MutatingWebhookConfiguration", "/mutate")]
-    {
+    for (k, path) in [
+        ("ValidatingWebhookConfiguration", "/validate"),
+        ("MutatingWebhookConfiguration", "/mutate"),
+    ] {
         let cfg = find(&docs, k, WEBHOOK_NAME);
         let hooks = cfg["webhooks"].as_array().expect("webhooks");
         assert_eq!(hooks.len(), 1, "{k}: one webhook");
         let w = &hooks[0];
         assert_eq!(w["name"], WEBHOOK_NAME, "{k} name");
-        assert_eq!(strings(&w["admissionReviewVersions"]), ["v1"], "{k} admissionReviewVersions");
+        assert_eq!(
+            strings(&w["admissionReviewVersions"]),
+            ["v1"],
+            "{k} admissionReviewVersions"
+        );
         let svc = &w["clientConfig"]["service"];
         assert_eq!(svc["name"], SERVICE, "{k} service");
         assert_eq!(svc["namespace"], NAMESPACE, "{k} service namespace");
         assert_eq!(svc["path"], path, "{k} path");
         assert_eq!(svc["port"], 443, "{k} port");
-        assert!(w["clientConfig"].get("url").is_none(), "{k}: service reference, not url");
+        assert!(
+            w["clientConfig"].get("url").is_none(),
+            "{k}: service reference, not url"
+        );
         assert_eq!(w["failurePolicy"], "Fail", "{k} failurePolicy");
         assert_eq!(w["sideEffects"], "None", "{k} sideEffects");
         assert_eq!(w["timeoutSeconds"], 5, "{k} timeoutSeconds");
@@ -343,13 +393,21 @@ fn webhook_configurations_match_the_design() {
         let r = &rules[0];
         assert_eq!(strings(&r["apiGroups"]), ["metal3.io"], "{k} apiGroups");
         assert_eq!(strings(&r["apiVersions"]), ["v1alpha1"], "{k} apiVersions");
-        assert_eq!(set(strings(&r["operations"])), set(["CREATE", "UPDATE"]), "{k} operations");
+        assert_eq!(
+            set(strings(&r["operations"])),
+            set(["CREATE", "UPDATE"]),
+            "{k} operations"
+        );
         // Not baremetalhosts/status: BMO's status writes must never go through us.
         assert_eq!(strings(&r["resources"]), ["baremetalhosts"], "{k} resources");
 
         let conds = w["matchConditions"].as_array().expect("matchConditions");
         assert_eq!(conds.len(), 1, "{k}: one matchCondition");
-        let expr: String = conds[0]["expression"].as_str().unwrap().split_whitespace().collect();
+        let expr: String = conds[0]["expression"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .collect();
         for needle in [
             "object!=null&&has(object.spec)&&has(object.spec.bootVolume)",
             "oldObject!=null&&has(oldObject.spec)&&has(oldObject.spec.bootVolume)",
@@ -367,7 +425,10 @@ fn webhook_configurations_match_the_design() {
 
         match k {
             "MutatingWebhookConfiguration" => assert_eq!(w["reinvocationPolicy"], "IfNeeded"),
-            _ => assert!(w.get("reinvocationPolicy").is_none(), "validating webhooks are not reinvoked"),
+            _ => assert!(
+                w.get("reinvocationPolicy").is_none(),
+                "validating webhooks are not reinvoked"
+            ),
         }
     }
 }
@@ -384,7 +445,11 @@ fn cert_manager_injects_the_ca_of_the_certificate_the_webhook_serves() {
     let cert_file = arg_value(&args, "--tls-cert-file").expect("--tls-cert-file");
     let key_file = arg_value(&args, "--tls-private-key-file").expect("--tls-private-key-file");
     let dir = Path::new(cert_file).parent().unwrap();
-    assert_eq!(Path::new(key_file).parent().unwrap(), dir, "cert and key from one Secret");
+    assert_eq!(
+        Path::new(key_file).parent().unwrap(),
+        dir,
+        "cert and key from one Secret"
+    );
     assert_eq!(Path::new(cert_file).file_name().unwrap(), "tls.crt");
     assert_eq!(Path::new(key_file).file_name().unwrap(), "tls.key");
     let mount = c["volumeMounts"]
@@ -393,22 +458,43 @@ fn cert_manager_injects_the_ca_of_the_certificate_the_webhook_serves() {
         .iter()
         .find(|m| Path::new(m["mountPath"].as_str().unwrap()) == dir)
         .expect("a volume mounted at the TLS directory");
-    assert!(mount.get("subPath").is_none(), "subPath mounts never see Secret rotation");
-    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
+    assert!(
+        mount.get("subPath").is_none(),
+        "subPath mounts never see Secret rotation"
+    );
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
     let secret = volume["secret"]["secretName"].as_str().expect("a Secret volume");
 
     let cert = find(&docs, "Certificate", "bootvolume-webhook");
-    assert_eq!(cert["spec"]["secretName"], secret, "the Certificate writes the mounted Secret");
+    assert_eq!(
+        cert["spec"]["secretName"], secret,
+        "the Certificate writes the mounted Secret"
+    );
     let dns = strings(&cert["spec"]["dnsNames"]);
-    assert!(dns.contains(&format!("{SERVICE}.{NAMESPACE}.svc").as_str()), "SAN the API server checks: {dns:?}");
-    let issuer = find(&docs, "Issuer", cert["spec"]["issuerRef"]["name"].as_str().unwrap());
+    assert!(
+        dns.contains(&format!("{SERVICE}.{NAMESPACE}.svc").as_str()),
+        "SAN the API server checks: {dns:?}"
+    );
+    let issuer = find(
+        &docs,
+        "Issuer",
+        cert["spec"]["issuerRef"]["name"].as_str().unwrap(),
+    );
     let ca_secret = issuer["spec"]["ca"]["secretName"].as_str().expect("a CA issuer");
     let ca = docs
         .iter()
         .find(|o| kind(o) == "Certificate" && o["spec"]["secretName"] == ca_secret)
         .expect("the CA Certificate");
     assert_eq!(ca["spec"]["isCA"], true);
-    assert_eq!(find(&docs, "Issuer", ca["spec"]["issuerRef"]["name"].as_str().unwrap())["spec"]["selfSigned"], serde_json::json!({}));
+    assert_eq!(
+        find(&docs, "Issuer", ca["spec"]["issuerRef"]["name"].as_str().unwrap())["spec"]["selfSigned"],
+        serde_json::json!({})
+    );
 
     let inject = format!("{NAMESPACE}/{}", name(cert));
     for (k, n) in [
@@ -416,7 +502,11 @@ fn cert_manager_injects_the_ca_of_the_certificate_the_webhook_serves() {
         ("MutatingWebhookConfiguration", WEBHOOK_NAME),
         ("CustomResourceDefinition", CRD_NAME),
     ] {
-        assert_eq!(find(&docs, k, n)["metadata"]["annotations"]["cert-manager.io/inject-ca-from"], inject, "{k}");
+        assert_eq!(
+            find(&docs, k, n)["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+            inject,
+            "{k}"
+        );
     }
 }
 
@@ -429,8 +519,16 @@ fn webhook_ports_paths_and_flags_agree_with_the_binary() {
     let Some(docs) = render("default") else { return };
     let listen = help_default("serve", "--listen");
     let metrics = help_default("serve", "--metrics-listen");
-    assert_eq!(port_of(&listen), 9443, "design.md: --listen defaults to 0.0.0.0:9443");
-    assert_eq!(port_of(&metrics), 8080, "design.md: --metrics-listen defaults to 0.0.0.0:8080");
+    assert_eq!(
+        port_of(&listen),
+        9443,
+        "design.md: --listen defaults to 0.0.0.0:9443"
+    );
+    assert_eq!(
+        port_of(&metrics),
+        8080,
+        "design.md: --metrics-listen defaults to 0.0.0.0:8080"
+    );
 
     let webhook = find(&docs, "Deployment", "bootvolume-webhook");
     let c = container(webhook, "webhook");
@@ -448,13 +546,21 @@ fn webhook_ports_paths_and_flags_agree_with_the_binary() {
     for e in c["env"].as_array().into_iter().flatten() {
         let var = e["name"].as_str().unwrap();
         if var.starts_with("BOOTVOLUME_") {
-            assert!(flags.values().any(|b| b.contains(&format!("[env: {var}="))), "serve reads no {var}");
+            assert!(
+                flags.values().any(|b| b.contains(&format!("[env: {var}="))),
+                "serve reads no {var}"
+            );
         }
     }
 
     // Service 443 -> the container's HTTPS port, which is the --listen port.
     let svc = find(&docs, "Service", SERVICE);
-    let https = svc["spec"]["ports"].as_array().unwrap().iter().find(|p| p["port"] == 443).expect("port 443");
+    let https = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == 443)
+        .expect("port 443");
     assert_eq!(resolve_port(c, &https["targetPort"]), port_of(&listen));
 
     // Probes: /readyz through TLS on --listen, /healthz on the plain --metrics-listen port.
@@ -481,18 +587,29 @@ fn reconciler_args_are_flags_of_the_binary() {
     let flags = help_flags("reconcile");
     for a in &args[1..] {
         let flag = a.split('=').next().unwrap();
-        assert!(flags.contains_key(flag), "`bootvolume reconcile` has no {flag} (manifests/reconciler/deployment.yaml)");
+        assert!(
+            flags.contains_key(flag),
+            "`bootvolume reconcile` has no {flag} (manifests/reconciler/deployment.yaml)"
+        );
     }
     // The probes use the metrics port; it must be the reconciler's default.
     if let Some(block) = flags.get("--metrics-listen") {
-        let default = block.split("[default: ").nth(1).and_then(|s| s.split(']').next()).expect("a default");
+        let default = block
+            .split("[default: ")
+            .nth(1)
+            .and_then(|s| s.split(']').next())
+            .expect("a default");
         let probe = &c["livenessProbe"]["httpGet"];
         assert_eq!(resolve_port(c, &probe["port"]), port_of(default));
         assert_eq!(probe["path"], "/healthz");
     }
     // Ironic credentials come from files in mounted Secrets (metal3 style).
     let pod = &find(&docs, "Deployment", "bootvolume-reconciler")["spec"]["template"]["spec"];
-    for flag in ["--ironic-username-file", "--ironic-password-file", "--ironic-ca-file"] {
+    for flag in [
+        "--ironic-username-file",
+        "--ironic-password-file",
+        "--ironic-ca-file",
+    ] {
         let file = Path::new(arg_value(&args, flag).unwrap_or_else(|| panic!("{flag}")));
         let mount = c["volumeMounts"]
             .as_array()
@@ -500,8 +617,16 @@ fn reconciler_args_are_flags_of_the_binary() {
             .iter()
             .find(|m| file.starts_with(m["mountPath"].as_str().unwrap()))
             .unwrap_or_else(|| panic!("{flag}: {} is not on a mounted volume", file.display()));
-        let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
-        assert!(volume["secret"]["secretName"].is_string(), "{flag} comes from a Secret");
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert!(
+            volume["secret"]["secretName"].is_string(),
+            "{flag} comes from a Secret"
+        );
     }
 }
 
@@ -516,23 +641,44 @@ fn rbac_is_least_privilege() {
     let mut grants: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
     for role in docs.iter().filter(|o| matches!(kind(o), "ClusterRole" | "Role")) {
         for rule in role["rules"].as_array().expect("rules") {
-            assert!(rule.get("nonResourceURLs").is_none(), "{}: no non-resource URLs", name(role));
+            assert!(
+                rule.get("nonResourceURLs").is_none(),
+                "{}: no non-resource URLs",
+                name(role)
+            );
             for g in strings(&rule["apiGroups"]) {
                 for r in strings(&rule["resources"]) {
                     let verbs = strings(&rule["verbs"]);
-                    assert!(!verbs.contains(&"*") && g != "*" && r != "*", "{}: no wildcards", name(role));
-                    grants.entry((kind(role).into(), g.into(), r.into())).or_default().extend(set(verbs));
+                    assert!(
+                        !verbs.contains(&"*") && g != "*" && r != "*",
+                        "{}: no wildcards",
+                        name(role)
+                    );
+                    grants
+                        .entry((kind(role).into(), g.into(), r.into()))
+                        .or_default()
+                        .extend(set(verbs));
                 }
             }
         }
     }
     let want: BTreeMap<(String, String, String), BTreeSet<String>> = [
-        ("ClusterRole", "metal3.io", "baremetalhosts", &["get", "list", "watch"][..]),
+        (
+            "ClusterRole",
+            "metal3.io",
+            "baremetalhosts",
+            &["get", "list", "watch"][..],
+        ),
         ("ClusterRole", "", "secrets", &["get", "list", "watch"]),
         ("ClusterRole", "", "events", &["create", "patch"]),
         ("ClusterRole", "events.k8s.io", "events", &["create", "patch"]),
         // Leader election only in its own namespace (a Role, not a ClusterRole).
-        ("Role", "coordination.k8s.io", "leases", &["get", "create", "update", "patch"]),
+        (
+            "Role",
+            "coordination.k8s.io",
+            "leases",
+            &["get", "create", "update", "patch"],
+        ),
     ]
     .into_iter()
     .map(|(k, g, r, v)| ((k.into(), g.into(), r.into()), set(v.iter().copied())))
@@ -540,13 +686,20 @@ fn rbac_is_least_privilege() {
     assert_eq!(grants, want);
 
     // Only the reconciler is bound; the webhook has no RBAC and no token at all.
-    for b in docs.iter().filter(|o| matches!(kind(o), "ClusterRoleBinding" | "RoleBinding")) {
+    for b in docs
+        .iter()
+        .filter(|o| matches!(kind(o), "ClusterRoleBinding" | "RoleBinding"))
+    {
         let subjects = b["subjects"].as_array().unwrap();
         assert_eq!(subjects.len(), 1);
         assert_eq!(subjects[0]["kind"], "ServiceAccount");
         assert_eq!(subjects[0]["name"], "bootvolume-reconciler", "{}", name(b));
         assert_eq!(subjects[0]["namespace"], NAMESPACE);
-        let role_kind = if kind(b) == "RoleBinding" { "Role" } else { "ClusterRole" };
+        let role_kind = if kind(b) == "RoleBinding" {
+            "Role"
+        } else {
+            "ClusterRole"
+        };
         assert_eq!(b["roleRef"]["kind"], role_kind);
         find(&docs, role_kind, b["roleRef"]["name"].as_str().unwrap());
         if kind(b) == "RoleBinding" {
@@ -570,7 +723,10 @@ fn rbac_is_least_privilege() {
 fn pods_are_restricted_and_highly_available() {
     let Some(docs) = render("default") else { return };
     let mut images = BTreeSet::new();
-    for (deploy, cname) in [("bootvolume-webhook", "webhook"), ("bootvolume-reconciler", "reconciler")] {
+    for (deploy, cname) in [
+        ("bootvolume-webhook", "webhook"),
+        ("bootvolume-reconciler", "reconciler"),
+    ] {
         let d = find(&docs, "Deployment", deploy);
         let pod = &d["spec"]["template"]["spec"];
         let c = container(d, cname);
@@ -587,11 +743,20 @@ fn pods_are_restricted_and_highly_available() {
         assert!(sc.get("privileged").is_none_or(|p| p == false), "{deploy}");
         for r in ["requests", "limits"] {
             for what in ["cpu", "memory"] {
-                assert!(c["resources"][r][what].is_string(), "{deploy}: resources.{r}.{what}");
+                assert!(
+                    c["resources"][r][what].is_string(),
+                    "{deploy}: resources.{r}.{what}"
+                );
             }
         }
-        assert!(c["readinessProbe"]["httpGet"].is_object(), "{deploy}: readiness probe");
-        assert!(c["livenessProbe"]["httpGet"].is_object(), "{deploy}: liveness probe");
+        assert!(
+            c["readinessProbe"]["httpGet"].is_object(),
+            "{deploy}: readiness probe"
+        );
+        assert!(
+            c["livenessProbe"]["httpGet"].is_object(),
+            "{deploy}: liveness probe"
+        );
         let labels = d["spec"]["template"]["metadata"]["labels"].as_object().unwrap();
         for (k, v) in d["spec"]["selector"]["matchLabels"].as_object().unwrap() {
             assert_eq!(labels.get(k), Some(v), "{deploy}: selector matches its pods");
@@ -603,27 +768,44 @@ fn pods_are_restricted_and_highly_available() {
     let webhook = find(&docs, "Deployment", "bootvolume-webhook");
     assert_eq!(webhook["spec"]["replicas"], 2);
     assert_eq!(webhook["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
-    let pod_labels = webhook["spec"]["template"]["metadata"]["labels"].as_object().unwrap();
-    let anti = &webhook["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
-        ["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
+    let pod_labels = webhook["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .unwrap();
+    let anti = &webhook["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        [0]["podAffinityTerm"];
     assert_eq!(anti["topologyKey"], "kubernetes.io/hostname");
     let reconciler_labels =
         find(&docs, "Deployment", "bootvolume-reconciler")["spec"]["template"]["metadata"]["labels"].clone();
     let selects = |sel: &Value, labels: &serde_json::Map<String, Value>| {
-        sel.as_object().unwrap().iter().all(|(k, v)| labels.get(k) == Some(v))
+        sel.as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
     };
     let reconciler_labels = reconciler_labels.as_object().unwrap();
     for (what, sel) in [
         ("anti-affinity", &anti["labelSelector"]["matchLabels"]),
-        ("PodDisruptionBudget", &find(&docs, "PodDisruptionBudget", "bootvolume-webhook")["spec"]["selector"]["matchLabels"]),
+        (
+            "PodDisruptionBudget",
+            &find(&docs, "PodDisruptionBudget", "bootvolume-webhook")["spec"]["selector"]["matchLabels"],
+        ),
         ("Service", &find(&docs, "Service", SERVICE)["spec"]["selector"]),
-        ("NetworkPolicy", &find(&docs, "NetworkPolicy", "bootvolume-webhook")["spec"]["podSelector"]["matchLabels"]),
+        (
+            "NetworkPolicy",
+            &find(&docs, "NetworkPolicy", "bootvolume-webhook")["spec"]["podSelector"]["matchLabels"],
+        ),
     ] {
         assert!(selects(sel, pod_labels), "{what} selects the webhook pods");
-        assert!(!selects(sel, reconciler_labels), "{what} must not select the reconciler pods");
+        assert!(
+            !selects(sel, reconciler_labels),
+            "{what} must not select the reconciler pods"
+        );
     }
     let pdb = find(&docs, "PodDisruptionBudget", "bootvolume-webhook");
-    assert!(pdb["spec"]["minAvailable"].as_u64().unwrap() < 2, "the PDB must still allow a drain");
+    assert!(
+        pdb["spec"]["minAvailable"].as_u64().unwrap() < 2,
+        "the PDB must still allow a drain"
+    );
 }
 
 #[test]
@@ -636,13 +818,23 @@ fn network_policy_admits_only_the_webhook_port_and_no_egress() {
     let listen = port_of(&help_default("serve", "--listen"));
     let metrics = port_of(&help_default("serve", "--metrics-listen"));
     for rule in np["ingress"].as_array().unwrap() {
-        let ports: Vec<u64> =
-            rule["ports"].as_array().expect("every rule names its ports").iter().map(|p| resolve_port(c, &p["port"])).collect();
+        let ports: Vec<u64> = rule["ports"]
+            .as_array()
+            .expect("every rule names its ports")
+            .iter()
+            .map(|p| resolve_port(c, &p["port"]))
+            .collect();
         if rule.get("from").is_none() {
             assert_eq!(ports, [listen], "only the webhook port is open to the API server");
         } else {
             assert_eq!(ports, [metrics], "the other rule is for metrics scraping");
-            assert!(rule["from"].as_array().unwrap().iter().all(|f| f.get("namespaceSelector").is_some()));
+            assert!(
+                rule["from"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|f| f.get("namespaceSelector").is_some())
+            );
         }
     }
 }
@@ -654,7 +846,10 @@ fn network_policy_admits_only_the_webhook_port_and_no_egress() {
 #[test]
 fn schema_patch_targets_v1alpha1_of_the_vendored_crd() {
     let (path, _) = schema_patch();
-    let vendored = yaml_docs(&read("manifests/crd/bases/metal3.io_baremetalhosts.yaml"), "vendored CRD");
+    let vendored = yaml_docs(
+        &read("manifests/crd/bases/metal3.io_baremetalhosts.yaml"),
+        "vendored CRD",
+    );
     assert_eq!(vendored.len(), 1);
     let crd = &vendored[0];
     assert_eq!(name(crd), CRD_NAME);
@@ -664,29 +859,63 @@ fn schema_patch_targets_v1alpha1_of_the_vendored_crd() {
         .and_then(|rest| rest.split('/').next())
         .and_then(|i| i.parse().ok())
         .expect("the patch path starts with /spec/versions/<index>");
-    assert_eq!(versions[index]["name"], "v1alpha1", "the patch must target v1alpha1");
+    assert_eq!(
+        versions[index]["name"], "v1alpha1",
+        "the patch must target v1alpha1"
+    );
     assert_eq!(
         path,
         format!("/spec/versions/{index}/schema/openAPIV3Schema/properties/spec/properties/bootVolume")
     );
     let spec = &versions[index]["schema"]["openAPIV3Schema"]["properties"]["spec"];
-    assert!(spec["properties"].get("bootVolume").is_none(), "the vendored CRD is unmodified upstream");
-    assert!(spec.get("x-kubernetes-preserve-unknown-fields").is_none(), "why the patch is needed at all");
+    assert!(
+        spec["properties"].get("bootVolume").is_none(),
+        "the vendored CRD is unmodified upstream"
+    );
+    assert!(
+        spec.get("x-kubernetes-preserve-unknown-fields").is_none(),
+        "why the patch is needed at all"
+    );
 }
 
 #[test]
 fn schema_patch_is_a_structural_schema() {
     // What the API server requires of a CRD schema (structural, no pruning surprises).
     fn walk(s: &Value, path: &str) {
-        let obj = s.as_object().unwrap_or_else(|| panic!("{path}: a schema is an object"));
-        for forbidden in ["$ref", "definitions", "id", "$schema", "uniqueItems", "additionalItems", "dependencies", "patternProperties"] {
-            assert!(!obj.contains_key(forbidden), "{path}: {forbidden} is not allowed in a CRD schema");
+        let obj = s
+            .as_object()
+            .unwrap_or_else(|| panic!("{path}: a schema is an object"));
+        for forbidden in [
+            "$ref",
+            "definitions",
+            "id",
+            "$schema",
+            "uniqueItems",
+            "additionalItems",
+            "dependencies",
+            "patternProperties",
+        ] {
+            assert!(
+                !obj.contains_key(forbidden),
+                "{path}: {forbidden} is not allowed in a CRD schema"
+            );
         }
-        assert!(obj.get("type").and_then(Value::as_str).is_some_and(|t| !t.is_empty()), "{path}: needs a type");
-        assert!(obj.get("description").is_some_and(Value::is_string) || path.contains("authSecretRef."), "{path}: describe it (kubectl explain)");
+        assert!(
+            obj.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| !t.is_empty()),
+            "{path}: needs a type"
+        );
+        assert!(
+            obj.get("description").is_some_and(Value::is_string) || path.contains("authSecretRef."),
+            "{path}: describe it (kubectl explain)"
+        );
         if let Some(required) = obj.get("required") {
             for r in strings(required) {
-                assert!(obj["properties"].get(r).is_some(), "{path}: required {r} is not a property");
+                assert!(
+                    obj["properties"].get(r).is_some(),
+                    "{path}: required {r} is not a property"
+                );
             }
         }
         if let Some(props) = obj.get("properties").and_then(Value::as_object) {
@@ -698,7 +927,10 @@ fn schema_patch_is_a_structural_schema() {
     }
     let (_, schema) = schema_patch();
     walk(&schema, "spec.bootVolume");
-    assert!(jsonschema::validator_for(&schema).is_ok(), "every pattern compiles");
+    assert!(
+        jsonschema::validator_for(&schema).is_ok(),
+        "every pattern compiles"
+    );
 }
 
 #[test]
@@ -715,8 +947,14 @@ fn rendered_crd_carries_exactly_the_embedded_schema() {
         .as_object_mut()
         .unwrap()
         .remove("bootVolume");
-    crd["metadata"]["annotations"].as_object_mut().unwrap().remove("cert-manager.io/inject-ca-from");
-    let vendored = yaml_docs(&read("manifests/crd/bases/metal3.io_baremetalhosts.yaml"), "vendored CRD");
+    crd["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove("cert-manager.io/inject-ca-from");
+    let vendored = yaml_docs(
+        &read("manifests/crd/bases/metal3.io_baremetalhosts.yaml"),
+        "vendored CRD",
+    );
     assert_eq!(crd, vendored[0]);
 }
 
@@ -739,11 +977,27 @@ fn rendered_crd_schema_accepts_valid_hosts_and_rejects_type_errors() {
         let hosts = hosts_in(file);
         assert!(!hosts.is_empty(), "{}: no BareMetalHost", file.display());
         for host in hosts {
-            let errors: Vec<String> = validator.iter_errors(&host).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-            assert!(errors.is_empty(), "{}: rejected by the CRD schema: {errors:?}", file.display());
+            let errors: Vec<String> = validator
+                .iter_errors(&host)
+                .map(|e| format!("{} at {}", e, e.instance_path()))
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{}: rejected by the CRD schema: {errors:?}",
+                file.display()
+            );
             let mut pruned = Vec::new();
-            undeclared_fields(boot_volume_schema, &host["spec"]["bootVolume"], "spec.bootVolume", &mut pruned);
-            assert!(pruned.is_empty(), "{}: the API server would prune {pruned:?}", file.display());
+            undeclared_fields(
+                boot_volume_schema,
+                &host["spec"]["bootVolume"],
+                "spec.bootVolume",
+                &mut pruned,
+            );
+            assert!(
+                pruned.is_empty(),
+                "{}: the API server would prune {pruned:?}",
+                file.display()
+            );
         }
     }
 
@@ -756,10 +1010,18 @@ fn rendered_crd_schema_accepts_valid_hosts_and_rejects_type_errors() {
     for file in &rejected {
         for host in hosts_in(file) {
             let errors: Vec<_> = validator.iter_errors(&host).collect();
-            assert!(!errors.is_empty(), "{}: accepted by the CRD schema", file.display());
+            assert!(
+                !errors.is_empty(),
+                "{}: accepted by the CRD schema",
+                file.display()
+            );
             for e in &errors {
                 let at = e.instance_path().to_string();
-                assert!(at.starts_with(BOOT_VOLUME), "{}: unrelated error {e} at {at}", file.display());
+                assert!(
+                    at.starts_with(BOOT_VOLUME),
+                    "{}: unrelated error {e} at {at}",
+                    file.display()
+                );
             }
         }
     }
@@ -793,21 +1055,33 @@ fn samples_are_complete_and_self_consistent() {
     for file in yaml_files("manifests/samples", "") {
         let docs = yaml_docs(&fs::read_to_string(&file).unwrap(), &file.display().to_string());
         let secret = |ns: &str, n: &str| {
-            docs.iter().find(|d| kind(d) == "Secret" && name(d) == n && d["metadata"]["namespace"] == ns)
+            docs.iter()
+                .find(|d| kind(d) == "Secret" && name(d) == n && d["metadata"]["namespace"] == ns)
         };
         for host in docs.iter().filter(|d| kind(d) == "BareMetalHost") {
             let f = file.display();
-            let ns = host["metadata"]["namespace"].as_str().expect("samples set a namespace");
+            let ns = host["metadata"]["namespace"]
+                .as_str()
+                .expect("samples set a namespace");
             let spec = &host["spec"];
             assert_eq!(spec["online"], true, "{f}");
-            assert!(spec["bootMACAddress"].is_string(), "{f}: iPXE needs the PXE NIC's MAC");
+            assert!(
+                spec["bootMACAddress"].is_string(),
+                "{f}: iPXE needs the PXE NIC's MAC"
+            );
             for conflict in ["image", "customDeploy", "externallyProvisioned"] {
-                assert!(spec.get(conflict).is_none(), "{f}: bootVolume excludes {conflict}");
+                assert!(
+                    spec.get(conflict).is_none(),
+                    "{f}: bootVolume excludes {conflict}"
+                );
             }
             let address = spec["bmc"]["address"].as_str().unwrap();
             let scheme = address.split("://").next().unwrap();
             let base = scheme.split('+').next().unwrap();
-            assert!(ipxe_schemes.contains(&base), "{f}: {scheme} does not use the ipxe boot interface");
+            assert!(
+                ipxe_schemes.contains(&base),
+                "{f}: {scheme} does not use the ipxe boot interface"
+            );
             let bv = &spec["bootVolume"];
             drivers.insert(bv["volumeDriver"].as_str().unwrap().to_owned());
             let mut refs = vec![spec["bmc"]["credentialsName"].as_str().unwrap()];
@@ -815,12 +1089,19 @@ fn samples_are_complete_and_self_consistent() {
             for r in refs {
                 let s = secret(ns, r).unwrap_or_else(|| panic!("{f}: Secret {ns}/{r} is not in the sample"));
                 for key in ["username", "password"] {
-                    assert!(s["stringData"][key].is_string() || s["data"][key].is_string(), "{f}: {r} lacks {key}");
+                    assert!(
+                        s["stringData"][key].is_string() || s["data"][key].is_string(),
+                        "{f}: {r} lacks {key}"
+                    );
                 }
             }
         }
     }
-    assert_eq!(drivers, set(["cinder", "external"]), "a sample for each volume driver");
+    assert_eq!(
+        drivers,
+        set(["cinder", "external"]),
+        "a sample for each volume driver"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -846,7 +1127,10 @@ fn dockerfile_is_multi_stage_locked_and_nonroot() {
         }
     }
     let starting = |word: &str| -> Vec<&String> {
-        instructions.iter().filter(|i| i.split(' ').next().unwrap().eq_ignore_ascii_case(word)).collect()
+        instructions
+            .iter()
+            .filter(|i| i.split(' ').next().unwrap().eq_ignore_ascii_case(word))
+            .collect()
     };
     let froms = starting("FROM");
     assert!(froms.len() >= 2, "multi-stage: {froms:?}");
@@ -861,10 +1145,16 @@ fn dockerfile_is_multi_stage_locked_and_nonroot() {
         .map(|v| v.trim_matches('"'))
         .expect("Cargo.toml rust-version");
     let version = |v: &str| -> Vec<u32> { v.split(['.', '-']).map_while(|p| p.parse().ok()).collect() };
-    assert!(image.contains("rust:") && version(tag) >= version(rust_version), "{image} vs rust-version {rust_version}");
+    assert!(
+        image.contains("rust:") && version(tag) >= version(rust_version),
+        "{image} vs rust-version {rust_version}"
+    );
 
     let runtime = froms.last().unwrap();
-    assert!(runtime.contains("gcr.io/distroless/") && runtime.ends_with(":nonroot"), "{runtime}");
+    assert!(
+        runtime.contains("gcr.io/distroless/") && runtime.ends_with(":nonroot"),
+        "{runtime}"
+    );
     let runs = starting("RUN");
     assert!(
         runs.iter().any(|r| r.contains("cargo build --release --locked")),
@@ -872,7 +1162,11 @@ fn dockerfile_is_multi_stage_locked_and_nonroot() {
     );
     let users = starting("USER");
     let user = users.last().expect("USER").split(' ').nth(1).unwrap();
-    assert_eq!(user.split(':').next().unwrap(), "65532", "the Deployments run as 65532");
+    assert_eq!(
+        user.split(':').next().unwrap(),
+        "65532",
+        "the Deployments run as 65532"
+    );
 
     // ENTRYPOINT is the binary copied from the builder.
     let entry = starting("ENTRYPOINT");
@@ -882,7 +1176,10 @@ fn dockerfile_is_multi_stage_locked_and_nonroot() {
         .filter(|c| c.contains("--from=builder"))
         .map(|c| c.rsplit(' ').next().unwrap().to_owned())
         .collect::<Vec<_>>();
-    assert!(copied.iter().any(|dest| entry.contains(&format!("\"{dest}\""))), "{entry} vs {copied:?}");
+    assert!(
+        copied.iter().any(|dest| entry.contains(&format!("\"{dest}\""))),
+        "{entry} vs {copied:?}"
+    );
 
     // Every file the crate embeds at compile time is in the build context.
     let sources: Vec<String> = starting("COPY")
@@ -890,25 +1187,47 @@ fn dockerfile_is_multi_stage_locked_and_nonroot() {
         .filter(|c| !c.contains("--from"))
         .flat_map(|c| {
             let words: Vec<_> = c.split(' ').skip(1).collect();
-            words[..words.len() - 1].iter().map(|s| s.to_string()).collect::<Vec<_>>()
+            words[..words.len() - 1]
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
         })
         .collect();
-    let covered = |p: &str| sources.iter().any(|s| p == s || p.starts_with(&format!("{}/", s.trim_end_matches('/'))));
-    for needed in ["Cargo.toml", "Cargo.lock", "src/main.rs", "src/lib.rs", "benches/rules.rs"] {
+    let covered = |p: &str| {
+        sources
+            .iter()
+            .any(|s| p == s || p.starts_with(&format!("{}/", s.trim_end_matches('/'))))
+    };
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "src/main.rs",
+        "src/lib.rs",
+        "benches/rules.rs",
+    ] {
         assert!(covered(needed), "the Dockerfile does not COPY {needed}");
     }
     for embedded in embedded_files(&root().join("src")) {
-        assert!(covered(&embedded), "src embeds {embedded} but the Dockerfile does not COPY it");
+        assert!(
+            covered(&embedded),
+            "src embeds {embedded} but the Dockerfile does not COPY it"
+        );
     }
 
     let ignore = read(".dockerignore");
-    let ignored: Vec<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let ignored: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
     for must in ["target", ".git"] {
         assert!(ignored.contains(&must), ".dockerignore should exclude {must}");
     }
     for needed in sources.iter() {
         assert!(
-            !ignored.iter().any(|i| needed == i || needed.starts_with(&format!("{i}/"))),
+            !ignored
+                .iter()
+                .any(|i| needed == i || needed.starts_with(&format!("{i}/"))),
             ".dockerignore excludes {needed}, which the Dockerfile copies"
         );
     }
@@ -929,7 +1248,9 @@ fn embedded_files(dir: &Path) -> Vec<String> {
         let text = fs::read_to_string(&path).unwrap();
         for mac in ["include_str!(", "include_bytes!("] {
             for rest in text.split(mac).skip(1) {
-                let Some(lit) = rest.split('"').nth(1) else { continue };
+                let Some(lit) = rest.split('"').nth(1) else {
+                    continue;
+                };
                 if rest.trim_start().starts_with("concat!") {
                     // concat!(env!("CARGO_MANIFEST_DIR"), "/path")
                     if let Some(p) = rest.split('"').nth(3) {
