@@ -354,6 +354,22 @@ fn no_certmanager_entry_point_leaves_out_cert_manager_only() {
     );
 }
 
+#[test]
+fn without_crd_entry_point_is_default_minus_the_crd() {
+    let Some(with) = render("default") else { return };
+    let Some(without) = render("without-crd") else {
+        return;
+    };
+    let rest: Vec<_> = with
+        .into_iter()
+        .filter(|o| kind(o) != "CustomResourceDefinition")
+        .collect();
+    assert_eq!(
+        rest, without,
+        "`kubectl delete -k manifests/without-crd` must not touch the CRD, and nothing else may differ"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Webhook configurations (design.md section 4)
 // ---------------------------------------------------------------------------------------
