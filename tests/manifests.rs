@@ -923,7 +923,7 @@ fn schema_patch_is_a_structural_schema() {
             "{path}: needs a type"
         );
         assert!(
-            obj.get("description").is_some_and(Value::is_string) || path.contains("authSecretRef."),
+            obj.get("description").is_some_and(Value::is_string),
             "{path}: describe it (kubectl explain)"
         );
         if let Some(required) = obj.get("required") {
