@@ -646,6 +646,105 @@ fn reconciler_args_are_flags_of_the_binary() {
     }
 }
 
+/// The no-cert-manager path of docs/deploy.md: `bootvolume certs` output goes into the
+/// Secret the webhook mounts and into caBundle, and the API server will accept it.
+#[test]
+fn certs_output_is_usable_without_cert_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bootvolume(&["certs", "--out-dir", dir.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "bootvolume certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_usable_webhook_certs(dir.path());
+}
+
+/// ca.crt, tls.crt and tls.key in `dir` serve the webhook Service and load into its Secret.
+fn assert_usable_webhook_certs(dir: &Path) {
+    use x509_parser::{extensions::GeneralName, pem::parse_x509_pem};
+    let pem = |f: &str| fs::read(dir.join(f)).unwrap_or_else(|e| panic!("certs wrote no {f}: {e}"));
+    let (ca_pem, leaf_pem) = (pem("ca.crt"), pem("tls.crt"));
+    assert!(String::from_utf8_lossy(&pem("tls.key")).contains("PRIVATE KEY"));
+    let (_, ca) = parse_x509_pem(&ca_pem).expect("ca.crt is PEM");
+    let (_, leaf) = parse_x509_pem(&leaf_pem).expect("tls.crt is PEM");
+    let (ca, leaf) = (
+        ca.parse_x509().expect("ca.crt is X.509"),
+        leaf.parse_x509().expect("tls.crt is X.509"),
+    );
+    assert!(ca.is_ca(), "ca.crt goes into caBundle: it must be a CA");
+    assert_eq!(leaf.issuer(), ca.subject(), "tls.crt is issued by ca.crt");
+    // What a TLS client does: chain to ca.crt, check the name and the validity period.
+    let der = |pem: &[u8]| rustls_pemfile::certs(&mut &pem[..]).next().unwrap().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der(&ca_pem)).expect("ca.crt is a usable trust anchor");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider)
+        .build()
+        .unwrap();
+    let server_name = format!("{SERVICE}.{NAMESPACE}.svc");
+    rustls::client::danger::ServerCertVerifier::verify_server_cert(
+        verifier.as_ref(),
+        &der(&leaf_pem),
+        &[],
+        &rustls::pki_types::ServerName::try_from(server_name.clone()).unwrap(),
+        &[],
+        rustls::pki_types::UnixTime::now(),
+    )
+    .unwrap_or_else(|e| panic!("a client trusting ca.crt rejects tls.crt for {server_name}: {e}"));
+    let sans: Vec<String> = leaf
+        .subject_alternative_name()
+        .expect("SAN extension parses")
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // ServerName the API server uses for a Service webhook (rust-notes.md 5.3).
+    assert!(
+        sans.contains(&server_name),
+        "tls.crt SANs {sans:?} lack {server_name}"
+    );
+
+    // The documented `kubectl create secret tls` accepts the pair (it loads it), and names
+    // the Secret the webhook Deployment mounts.
+    let Some(docs) = render("default") else { return };
+    let webhook = find(&docs, "Deployment", "bootvolume-webhook");
+    let secret = webhook["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| v["secret"]["secretName"].as_str())
+        .unwrap();
+    let out = Command::new("kubectl")
+        .args([
+            "create",
+            "secret",
+            "tls",
+            secret,
+            "-n",
+            NAMESPACE,
+            "--dry-run=client",
+            "-o",
+            "json",
+        ])
+        .arg(format!("--cert={}", dir.join("tls.crt").display()))
+        .arg(format!("--key={}", dir.join("tls.key").display()))
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl create secret tls: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // RBAC
 // ---------------------------------------------------------------------------------------
