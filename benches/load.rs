@@ -32,7 +32,7 @@ use std::{
 };
 use tokio::net::TcpStream;
 
-const REVIEW: &str = include_str!("../tests/fixtures/admission/create_external_missing_credentials_denied.json");
+const REVIEW: &str = include_str!("../tests/fixtures/admission/load_create_external_valid.json");
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -45,13 +45,21 @@ fn main() {
         .position(|a| a == "--seconds")
         .and_then(|i| args.get(i + 1)?.parse::<f64>().ok())
         .unwrap_or(3.0);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(run(Duration::from_secs_f64(seconds)));
 }
 
 /// The ceiling server: same TLS/HTTP stack, fixed answer, body read but never parsed.
 fn ceiling(cert: &str, key: &str) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let (_, pair) = tls::CertFiles::load(cert.into(), key.into()).expect("certs");
         let config = tls::server_config(tls::CertStore::new(&pair));
@@ -82,26 +90,46 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 
 fn start_ceiling(cert: &Path, key: &Path) -> Server {
     use std::io::BufRead;
     let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .args(["--serve-ceiling", &cert.display().to_string(), &key.display().to_string()])
+        .args([
+            "--serve-ceiling",
+            &cert.display().to_string(),
+            &key.display().to_string(),
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn ceiling");
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("port");
-    Server { child, addr: line.trim().parse().expect("addr") }
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("port");
+    Server {
+        child,
+        addr: line.trim().parse().expect("addr"),
+    }
 }
 
 /// Starts `bootvolume serve` and returns it with the time until `/readyz` answered 200.
@@ -111,16 +139,26 @@ async fn start_webhook(cert: &Path, key: &Path) -> (Server, Duration) {
     let child = Command::new(env!("CARGO_BIN_EXE_bootvolume"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .args(["--tls-cert-file", &cert.display().to_string(), "--tls-private-key-file", &key.display().to_string()])
+        .args([
+            "--tls-cert-file",
+            &cert.display().to_string(),
+            "--tls-private-key-file",
+            &key.display().to_string(),
+        ])
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn webhook");
-    let server = Server { child, addr: format!("127.0.0.1:{port}").parse().expect("addr") };
+    let server = Server {
+        child,
+        addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+    };
     let deadline = started + Duration::from_secs(10);
     loop {
         if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+            let _ = s
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
             let mut buf = Vec::new();
             let _ = s.read_to_end(&mut buf).await;
             if buf.starts_with(b"HTTP/1.1 200") {
@@ -132,7 +170,6 @@ async fn start_webhook(cert: &Path, key: &Path) -> (Server, Duration) {
     }
 }
 
-#[derive(Clone)]
 enum Sender {
     H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
@@ -143,7 +180,9 @@ async fn connect(addr: SocketAddr, ca: &Path, h2: bool) -> Sender {
     for c in CertificateDer::pem_file_iter(ca).expect("ca") {
         roots.add(c.expect("ca cert")).expect("add ca");
     }
-    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
     let tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
@@ -153,7 +192,9 @@ async fn connect(addr: SocketAddr, ca: &Path, h2: bool) -> Sender {
         .expect("TLS handshake");
     let io = TokioIo::new(tls);
     if h2 {
-        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.expect("h2");
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2");
         tokio::spawn(conn);
         Sender::H2(send)
     } else {
@@ -200,11 +241,20 @@ struct Figures {
 
 /// Closed-loop load: `conns` connections (or one h2 connection with `conns` streams), each
 /// sending its next request when the previous answer arrived.
-async fn load(addr: SocketAddr, ca: &Path, path: &'static str, conns: usize, h2: bool, secs: Duration) -> Figures {
+async fn load(
+    addr: SocketAddr,
+    ca: &Path,
+    path: &'static str,
+    conns: usize,
+    h2: bool,
+    secs: Duration,
+) -> Figures {
     let body = Bytes::from_static(REVIEW.as_bytes());
     let senders: Vec<Sender> = if h2 {
-        let s = connect(addr, ca, true).await;
-        vec![s; conns]
+        let Sender::H2(s) = connect(addr, ca, true).await else {
+            unreachable!("h2 connect")
+        };
+        (0..conns).map(|_| Sender::H2(s.clone())).collect()
     } else {
         let mut v = Vec::new();
         for _ in 0..conns {
@@ -252,8 +302,19 @@ async fn load(addr: SocketAddr, ca: &Path, path: &'static str, conns: usize, h2:
     let (mut lat, errors, _) = run(senders, secs).await;
     let elapsed = started.elapsed().as_secs_f64();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1e6;
-    Figures { rps: lat.len() as f64 / elapsed, p50: pct(0.50), p99: pct(0.99), p999: pct(0.999), errors }
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1e6
+    };
+    Figures {
+        rps: lat.len() as f64 / elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        p999: pct(0.999),
+        errors,
+    }
 }
 
 async fn run(secs: Duration) {
@@ -263,7 +324,15 @@ async fn run(secs: Duration) {
     let (webhook, ready) = start_webhook(&certs.cert, &certs.key).await;
     let pid = webhook.child.id();
     // Idle memory after a few requests (allocator and TLS state settled).
-    let _ = load(webhook.addr, &certs.ca, "/validate", 1, false, Duration::from_millis(200)).await;
+    let _ = load(
+        webhook.addr,
+        &certs.ca,
+        "/validate",
+        1,
+        false,
+        Duration::from_millis(200),
+    )
+    .await;
     let idle_kib = rss_kib(pid);
 
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -279,7 +348,11 @@ async fn run(secs: Duration) {
 
     let mut rows: Vec<(String, &str, Figures, Figures)> = Vec::new();
     for (conns, h2) in [(1, false), (16, false), (64, false), (16, true)] {
-        let label = if h2 { format!("h2 x{conns} streams") } else { format!("h1 x{conns}") };
+        let label = if h2 {
+            format!("h2 x{conns} streams")
+        } else {
+            format!("h1 x{conns}")
+        };
         let base = load(ceiling.addr, &certs.ca, "/validate", conns, h2, secs).await;
         for path in ["/validate", "/mutate"] {
             let ours = load(webhook.addr, &certs.ca, path, conns, h2, secs).await;
