@@ -5,6 +5,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(_) | Command::Check(_) | Command::Certs(_) => anyhow::bail!("not built yet"),
-        Command::Reconcile(_) | Command::IronicApply(_) => anyhow::bail!("not built yet"),
+        Command::Reconcile(a) => Ok(bootvolume::reconcile::cli::run_reconcile(a)?),
+        Command::IronicApply(a) => std::process::exit(bootvolume::reconcile::cli::run_ironic_apply(a)?.into()),
     }
 }

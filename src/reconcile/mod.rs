@@ -2,6 +2,12 @@
 //!
 //! - [`plan`]: the pure diff, `(desired, current Ironic state) -> actions`.
 //! - [`apply`]: reads the node, plans, executes; shared by both front ends.
-//! - [`cli`]: `bootvolume ironic-apply` (one-shot, files) and `bootvolume reconcile` (controller).
+//! - [`oneshot`]: `bootvolume ironic-apply`, hosts and Secrets from files.
+//! - [`cli`]: flags and entry points of `ironic-apply` and `reconcile`.
+pub mod apply;
 pub mod cli;
+mod error;
+pub mod oneshot;
 pub mod plan;
+
+pub use error::Error;
