@@ -3,10 +3,16 @@
 //! Every flag reads `BOOTVOLUME_<FLAG>` too. The entry points are synchronous (they build
 //! their own Tokio runtime) so `main` stays a plain dispatch.
 
-use super::{Error, oneshot};
+use super::{
+    Error,
+    controller::{self, Context, ControllerConfig, LeaseConfig},
+    metrics::Metrics,
+    oneshot,
+};
+use kube::runtime::events::Reporter;
 use crate::ironic::{ClientConfig, IronicClient};
 use clap::Args;
-use std::{io::Write, path::PathBuf, time::Duration};
+use std::{io::Write, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 /// How to reach Ironic (shared by both subcommands).
 #[derive(Clone, Debug, Args)]
@@ -58,7 +64,44 @@ pub struct IronicApplyArgs {
 
 /// `reconcile` flags.
 #[derive(Debug, Args)]
-pub struct ReconcileArgs {}
+pub struct ReconcileArgs {
+    /// Ironic connection.
+    #[command(flatten)]
+    pub ironic: IronicArgs,
+    /// Plain-HTTP listen address for /metrics and /healthz.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "BOOTVOLUME_METRICS_LISTEN")]
+    pub metrics_listen: SocketAddr,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "BOOTVOLUME_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Label selector for the Secret watch (e.g. `environment.metal3.io=baremetal`).
+    #[arg(long, env = "BOOTVOLUME_SECRET_LABEL_SELECTOR")]
+    pub secret_label_selector: Option<String>,
+    /// Seconds between re-checks of an in-sync host (repairs drift, e.g. after undeploy).
+    #[arg(long, default_value_t = 600, env = "BOOTVOLUME_RESYNC_INTERVAL")]
+    pub resync_interval: u64,
+    /// Hosts reconciled in parallel.
+    #[arg(long, default_value_t = 4, env = "BOOTVOLUME_CONCURRENCY")]
+    pub concurrency: u16,
+    /// Plan and report (Events, logs) without writing to Ironic.
+    #[arg(long, env = "BOOTVOLUME_DRY_RUN")]
+    pub dry_run: bool,
+    /// Only act while holding the Lease (set false for a single replica without RBAC on leases).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "BOOTVOLUME_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Name of the coordination.k8s.io Lease.
+    #[arg(long, default_value = "bootvolume-reconciler", env = "BOOTVOLUME_LEASE_NAME")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace, else the kubeconfig's).
+    #[arg(long, env = "BOOTVOLUME_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Lease duration in seconds: how long a dead leader blocks the standby.
+    #[arg(long, default_value_t = 15, env = "BOOTVOLUME_LEASE_DURATION")]
+    pub lease_duration: u64,
+    /// Our holder identity (default: $POD_NAME, else $HOSTNAME).
+    #[arg(long, env = "BOOTVOLUME_LEADER_ELECTION_IDENTITY")]
+    pub leader_election_identity: Option<String>,
+}
 
 /// Installs the ring crypto provider (the crate is built ring-only) and, when the binary
 /// has not set one up, a plain stderr log subscriber.
@@ -88,7 +131,94 @@ pub fn run_ironic_apply(args: IronicApplyArgs) -> Result<u8, Error> {
 }
 
 /// Runs the `reconcile` controller until SIGTERM/SIGINT.
-pub fn run_reconcile(_args: ReconcileArgs) -> Result<(), Error> {
+pub fn run_reconcile(args: ReconcileArgs) -> Result<(), Error> {
     init_process();
-    Err(Error::Input("not built yet".into()))
+    runtime()?.block_on(reconcile_main(args))
+}
+
+async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
+    let ReconcileArgs {
+        ironic,
+        metrics_listen,
+        namespace,
+        secret_label_selector,
+        resync_interval,
+        concurrency,
+        dry_run,
+        leader_elect,
+        lease_name,
+        lease_namespace,
+        lease_duration,
+        leader_election_identity,
+    } = args;
+    let metrics = Arc::new(Metrics::new());
+    let ironic = ironic.client()?.with_observer(metrics.ironic_observer());
+    let kube = kube::Client::try_default().await.map_err(|e| Error::Kube(format!("client: {e}")))?;
+    let identity = leader_election_identity
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("bootvolume-{}", std::process::id()));
+    let reporter = Reporter { controller: "bootvolume-reconciler".into(), instance: Some(identity.clone()) };
+    let resync = Duration::from_secs(resync_interval.max(1));
+    let ctx = Arc::new(Context::new(kube.clone(), ironic, metrics.clone(), reporter, dry_run, resync));
+    let config = ControllerConfig { namespace, secret_label_selector, concurrency: concurrency.max(1) };
+
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = shutdown_tx.send(true);
+    });
+    let listener = tokio::net::TcpListener::bind(metrics_listen)
+        .await
+        .map_err(|e| Error::Input(format!("cannot listen on {metrics_listen}: {e}")))?;
+    let mut metrics_shutdown = shutdown.clone();
+    let server = axum::serve(listener, super::metrics::router(metrics)).with_graceful_shutdown(async move {
+        let _ = metrics_shutdown.wait_for(|s| *s).await;
+    });
+    let server = tokio::spawn(async move { server.await });
+    tracing::info!(%metrics_listen, dry_run, leader_elect, "reconciler starting");
+
+    let result = if leader_elect {
+        let lease = LeaseConfig {
+            name: lease_name,
+            namespace: lease_namespace.unwrap_or_else(|| pod_namespace(&kube)),
+            identity,
+            duration_secs: lease_duration,
+        };
+        controller::lead(kube, &lease, shutdown, |stop| controller::run_controller(ctx.clone(), &config, stop)).await
+    } else {
+        let mut sd = shutdown;
+        controller::run_controller(ctx, &config, async move {
+            let _ = sd.wait_for(|s| *s).await;
+        })
+        .await;
+        Ok(())
+    };
+    let _ = server.await;
+    result
+}
+
+/// The namespace we run in (service account mount), else the client's default.
+fn pod_namespace(kube: &kube::Client) -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| kube.default_namespace().to_owned())
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

@@ -6,6 +6,8 @@
 //! - [`cli`]: flags and entry points of `ironic-apply` and `reconcile`.
 pub mod apply;
 pub mod cli;
+pub mod controller;
+pub mod metrics;
 mod error;
 pub mod oneshot;
 pub mod plan;
