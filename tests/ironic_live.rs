@@ -23,32 +23,54 @@ fn apply_cli(p: &HostParams, password: &str, extra: &[&str]) -> Run {
 }
 
 fn calls_line(run: &Run) -> &str {
-    run.stderr.lines().find(|l| l.contains("Ironic calls:")).unwrap_or("")
+    run.stderr
+        .lines()
+        .find(|l| l.contains("Ironic calls:"))
+        .unwrap_or("")
 }
 
 #[tokio::test]
 async fn first_apply_configures_the_node_and_second_pass_writes_nothing() {
     let c = client();
     let p = HostParams::new(&unique_namespace());
-    let uuid = enroll(&c, &p.ns, json!({"properties": {"capabilities": "boot_mode:uefi"}})).await;
+    let uuid = enroll(
+        &c,
+        &p.ns,
+        json!({"properties": {"capabilities": "boot_mode:uefi"}}),
+    )
+    .await;
 
     let dry = apply_cli(&p, PASSWORD, &["--dry-run"]);
     assert_eq!(dry.code, 4, "{}", dry.all());
     assert!(dry.stdout.contains("would create volume target"), "{}", dry.all());
-    assert!(write_stamps(&c, &uuid).await.iter().all(|s| s == "null"), "dry-run wrote");
+    assert!(
+        write_stamps(&c, &uuid).await.iter().all(|s| s == "null"),
+        "dry-run wrote"
+    );
 
     let first = apply_cli(&p, PASSWORD, &[]);
     assert_eq!(first.code, 0, "{}", first.all());
     assert_eq!(first.stdout.matches(": did ").count(), 3, "{}", first.all());
-    assert!(first.stdout.contains("auth_password=<redacted>"), "{}", first.all());
-    assert!(calls_line(&first).contains("6 (3 GET, 2 POST, 1 PATCH, 0 DELETE)"), "{}", first.all());
+    assert!(
+        first.stdout.contains("auth_password=<redacted>"),
+        "{}",
+        first.all()
+    );
+    assert!(
+        calls_line(&first).contains("6 (3 GET, 2 POST, 1 PATCH, 0 DELETE)"),
+        "{}",
+        first.all()
+    );
 
     let n = node(&c, &uuid).await;
     assert_eq!(n["storage_interface"], "external");
     assert_eq!(n["properties"]["capabilities"], "boot_mode:uefi,iscsi_boot:True");
     let (cs, ts) = volumes(&c, &uuid).await;
     assert_eq!(cs.len(), 1);
-    assert_eq!((cs[0].kind.as_str(), cs[0].connector_id.as_str()), ("iqn", p.connector_id.as_str()));
+    assert_eq!(
+        (cs[0].kind.as_str(), cs[0].connector_id.as_str()),
+        ("iqn", p.connector_id.as_str())
+    );
     assert_eq!(ts.len(), 1);
     let t = &ts[0];
     assert_eq!((t.boot_index, t.volume_type.as_str()), (0, "iscsi"));
@@ -61,15 +83,26 @@ async fn first_apply_configures_the_node_and_second_pass_writes_nothing() {
     let second = apply_cli(&p, PASSWORD, &[]);
     assert_eq!(second.code, 0, "{}", second.all());
     assert!(second.stdout.contains("in sync"), "{}", second.all());
-    assert!(calls_line(&second).contains("3 (3 GET, 0 POST, 0 PATCH, 0 DELETE)"), "{}", second.all());
-    assert_eq!(write_stamps(&c, &uuid).await, before, "second pass changed Ironic");
+    assert!(
+        calls_line(&second).contains("3 (3 GET, 0 POST, 0 PATCH, 0 DELETE)"),
+        "{}",
+        second.all()
+    );
+    assert_eq!(
+        write_stamps(&c, &uuid).await,
+        before,
+        "second pass changed Ironic"
+    );
 }
 
 /// The same through the library, counting calls on the client.
 #[tokio::test]
 async fn call_counts_first_pass_in_sync_pass_and_unmanaged_host() {
     let c = client();
-    let p = HostParams { secret: None, ..HostParams::new(&unique_namespace()) };
+    let p = HostParams {
+        secret: None,
+        ..HostParams::new(&unique_namespace())
+    };
     enroll(&c, &p.ns, json!({})).await;
     let host = HostSpec::from_value(&p.host()).unwrap();
     let desired = host.desired(None).unwrap();
@@ -79,19 +112,44 @@ async fn call_counts_first_pass_in_sync_pass_and_unmanaged_host() {
     let first = apply(&c, &host, desired.as_ref(), false).await.unwrap();
     assert_eq!(first.changes.len(), 3);
     let first_calls = counted(c.calls(), start);
-    assert_eq!(first_calls, Calls { get: 3, post: 2, patch: 1, delete: 0 });
+    assert_eq!(
+        first_calls,
+        Calls {
+            get: 3,
+            post: 2,
+            patch: 1,
+            delete: 0
+        }
+    );
 
     let start = c.calls();
     assert!(apply(&c, &host, desired.as_ref(), false).await.unwrap().in_sync());
-    assert_eq!(counted(c.calls(), start), Calls { get: 3, post: 0, patch: 0, delete: 0 });
+    assert_eq!(
+        counted(c.calls(), start),
+        Calls {
+            get: 3,
+            post: 0,
+            patch: 0,
+            delete: 0
+        }
+    );
 
     // A host without bootVolume whose node we never touched: one read.
-    let other = HostParams { no_boot_volume: true, ..HostParams::new(&unique_namespace()) };
+    let other = HostParams {
+        no_boot_volume: true,
+        ..HostParams::new(&unique_namespace())
+    };
     enroll(&c, &other.ns, json!({})).await;
     let start = c.calls();
     let spec = HostSpec::from_value(&other.host()).unwrap();
     assert!(apply(&c, &spec, None, false).await.unwrap().in_sync());
-    assert_eq!(counted(c.calls(), start), Calls { get: 1, ..Default::default() });
+    assert_eq!(
+        counted(c.calls(), start),
+        Calls {
+            get: 1,
+            ..Default::default()
+        }
+    );
     eprintln!("ironic calls: first pass {first_calls:?}; in-sync pass 3 GET; unmanaged host 1 GET");
 }
 
@@ -106,10 +164,17 @@ async fn lun_change_is_patched_while_powered_off() {
     p.lun = 5;
     let run = apply_cli(&p, PASSWORD, &[]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(calls_line(&run).contains("(3 GET, 0 POST, 1 PATCH, 0 DELETE)"), "{}", run.all());
+    assert!(
+        calls_line(&run).contains("(3 GET, 0 POST, 1 PATCH, 0 DELETE)"),
+        "{}",
+        run.all()
+    );
     let (_, ts) = volumes(&c, &uuid).await;
     assert_eq!(ts[0].properties["target_lun"], json!(5));
-    assert_eq!(ts[0].properties["auth_password"], "******", "password kept on replace");
+    assert_eq!(
+        ts[0].properties["auth_password"], "******",
+        "password kept on replace"
+    );
     assert_eq!(apply_cli(&p, PASSWORD, &[]).code, 0);
 }
 
@@ -131,21 +196,37 @@ async fn chap_rotation_resends_credentials_once() {
     let new = digest(&volumes(&c, &uuid).await.1[0]);
     assert_ne!(old, new);
     let again = apply_cli(&p, rotated, &[]);
-    assert!(calls_line(&again).contains("0 POST, 0 PATCH, 0 DELETE"), "{}", again.all());
+    assert!(
+        calls_line(&again).contains("0 POST, 0 PATCH, 0 DELETE"),
+        "{}",
+        again.all()
+    );
 }
 
 #[tokio::test]
 async fn removing_boot_volume_cleans_up_only_our_work() {
     let c = client();
     let p = HostParams::new(&unique_namespace());
-    let uuid = enroll(&c, &p.ns, json!({"properties": {"capabilities": "boot_mode:uefi"}})).await;
+    let uuid = enroll(
+        &c,
+        &p.ns,
+        json!({"properties": {"capabilities": "boot_mode:uefi"}}),
+    )
+    .await;
     assert_eq!(apply_cli(&p, PASSWORD, &[]).code, 0);
     power(&c, &uuid, "power off").await;
 
-    let removed = HostParams { no_boot_volume: true, ..p.clone() };
+    let removed = HostParams {
+        no_boot_volume: true,
+        ..p.clone()
+    };
     let run = apply_cli(&removed, PASSWORD, &[]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(calls_line(&run).contains("(3 GET, 0 POST, 1 PATCH, 2 DELETE)"), "{}", run.all());
+    assert!(
+        calls_line(&run).contains("(3 GET, 0 POST, 1 PATCH, 2 DELETE)"),
+        "{}",
+        run.all()
+    );
     let n = node(&c, &uuid).await;
     assert_eq!(n["storage_interface"], "noop");
     assert_eq!(n["properties"]["capabilities"], "boot_mode:uefi");
@@ -162,7 +243,12 @@ async fn unknown_node_fails_with_its_name() {
     let p = HostParams::new(&unique_namespace());
     let run = apply_cli(&p, PASSWORD, &[]);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(run.stderr.contains(&format!("Ironic node {}~host not found", p.ns)), "{}", run.all());
+    assert!(
+        run.stderr
+            .contains(&format!("Ironic node {}~host not found", p.ns)),
+        "{}",
+        run.all()
+    );
 }
 
 #[tokio::test]
@@ -173,14 +259,22 @@ async fn missing_secret_or_key_fails_without_touching_ironic() {
     let (_d, only_host) = manifest(&[p.host()]);
     let run = ironic_apply(&only_host, &ironic().url, &[]);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(run.stderr.contains(&format!("Secret {}/chap not found", p.ns)), "{}", run.all());
+    assert!(
+        run.stderr.contains(&format!("Secret {}/chap not found", p.ns)),
+        "{}",
+        run.all()
+    );
 
     let mut no_password = secret(&p.ns, "chap", "chapuser", PASSWORD);
     no_password["data"].as_object_mut().unwrap().remove("password");
     let (_d, file) = manifest(&[p.host(), no_password]);
     let run = ironic_apply(&file, &ironic().url, &[]);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(run.stderr.contains(r#"has no usable key "password""#), "{}", run.all());
+    assert!(
+        run.stderr.contains(r#"has no usable key "password""#),
+        "{}",
+        run.all()
+    );
     assert!(calls_line(&run).contains("Ironic calls: 0"), "{}", run.all());
     assert!(write_stamps(&c, &uuid).await.iter().all(|s| s == "null"));
 }
@@ -199,9 +293,17 @@ async fn changes_wait_for_power_off_and_are_reported() {
     p.lun = 9;
     let run = apply_cli(&p, PASSWORD, &[]);
     assert_eq!(run.code, 3, "{}", run.all());
-    assert!(run.stderr.contains("waiting for the node to be powered off"), "{}", run.all());
+    assert!(
+        run.stderr.contains("waiting for the node to be powered off"),
+        "{}",
+        run.all()
+    );
     assert!(run.stderr.contains("power state: power on"), "{}", run.all());
-    assert_eq!(write_stamps(&c, &uuid).await, before, "nothing may be written while powered on");
+    assert_eq!(
+        write_stamps(&c, &uuid).await,
+        before,
+        "nothing may be written while powered on"
+    );
 
     power(&c, &uuid, "power off").await;
     let run = apply_cli(&p, PASSWORD, &[]);
@@ -213,13 +315,20 @@ async fn changes_wait_for_power_off_and_are_reported() {
 async fn duplicate_initiator_name_is_a_clear_409() {
     let c = client();
     let a = HostParams::new(&unique_namespace());
-    let b = HostParams { connector_id: a.connector_id.clone(), ..HostParams::new(&unique_namespace()) };
+    let b = HostParams {
+        connector_id: a.connector_id.clone(),
+        ..HostParams::new(&unique_namespace())
+    };
     enroll(&c, &a.ns, json!({})).await;
     enroll(&c, &b.ns, json!({})).await;
     assert_eq!(apply_cli(&a, PASSWORD, &[]).code, 0);
     let run = apply_cli(&b, PASSWORD, &[]);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(run.stderr.contains("conflict") && run.stderr.contains("already exists"), "{}", run.all());
+    assert!(
+        run.stderr.contains("conflict") && run.stderr.contains("already exists"),
+        "{}",
+        run.all()
+    );
 }
 
 #[tokio::test]
@@ -232,7 +341,11 @@ async fn ironic_down_fails_fast_and_a_hung_ironic_times_out() {
     drop(closed);
     let run = ironic_apply(&file, &url, &["--ironic-timeout", "2"]);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(run.stderr.contains(&format!("cannot reach Ironic at {url}")), "{}", run.all());
+    assert!(
+        run.stderr.contains(&format!("cannot reach Ironic at {url}")),
+        "{}",
+        run.all()
+    );
     assert!(run.elapsed < Duration::from_secs(10), "took {:?}", run.elapsed);
 
     // Accepts connections, never answers.
@@ -263,7 +376,10 @@ async fn full_deploy_renders_an_ipxe_sanboot_script_with_our_target() {
     )
     .await;
     let port = json!({"node_uuid": uuid, "address": format!("52:54:00:{}", mac_tail(&p.ns))});
-    let _: Value = c.send(reqwest::Method::POST, "/v1/ports", Some(&port)).await.expect("create port");
+    let _: Value = c
+        .send(reqwest::Method::POST, "/v1/ports", Some(&port))
+        .await
+        .expect("create port");
 
     // Configure with one password, rotate to another: the deploy must use the rotated one.
     assert_eq!(apply_cli(&p, "Zq9-first-password", &[]).code, 0);
@@ -289,11 +405,19 @@ async fn full_deploy_renders_an_ipxe_sanboot_script_with_our_target() {
 
     // Active and in sync: no write. Undeploy deletes the targets; the next pass recreates it.
     let in_sync = apply_cli(&p, PASSWORD, &[]);
-    assert!(calls_line(&in_sync).contains("0 POST, 0 PATCH, 0 DELETE"), "{}", in_sync.all());
+    assert!(
+        calls_line(&in_sync).contains("0 POST, 0 PATCH, 0 DELETE"),
+        "{}",
+        in_sync.all()
+    );
     provision(&c, &uuid, "deleted", "available").await;
     assert!(volumes(&c, &uuid).await.1.is_empty());
     let recreate = apply_cli(&p, PASSWORD, &[]);
-    assert!(calls_line(&recreate).contains("1 POST, 0 PATCH, 0 DELETE"), "{}", recreate.all());
+    assert!(
+        calls_line(&recreate).contains("1 POST, 0 PATCH, 0 DELETE"),
+        "{}",
+        recreate.all()
+    );
 }
 
 fn mac_tail(ns: &str) -> String {

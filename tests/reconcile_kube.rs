@@ -53,7 +53,10 @@ impl ApiServer {
         let path = req.uri().to_string();
         let bytes = req.into_body().collect_bytes().await.unwrap();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        assert!(!String::from_utf8_lossy(&bytes).contains(PASSWORD), "password sent to the API server: {path}");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(PASSWORD),
+            "password sent to the API server: {path}"
+        );
         (Seen { method, path, body }, send)
     }
 
@@ -99,7 +102,10 @@ impl ApiServer {
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder().status(status).body(Body::from(serde_json::to_vec(body).unwrap())).unwrap()
+    Response::builder()
+        .status(status)
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
 }
 
 fn mock_kube() -> (Client, ApiServer) {
@@ -109,8 +115,18 @@ fn mock_kube() -> (Client, ApiServer) {
 }
 
 fn context(kube: Client, ironic: IronicClient) -> Arc<Context> {
-    let reporter = Reporter { controller: "bootvolume-reconciler".into(), instance: Some("test-0".into()) };
-    Arc::new(Context::new(kube, ironic, Arc::new(Metrics::new()), reporter, false, RESYNC))
+    let reporter = Reporter {
+        controller: "bootvolume-reconciler".into(),
+        instance: Some("test-0".into()),
+    };
+    Arc::new(Context::new(
+        kube,
+        ironic,
+        Arc::new(Metrics::new()),
+        reporter,
+        false,
+        RESYNC,
+    ))
 }
 
 fn host_object(p: &HostParams) -> Arc<DynamicObject> {
@@ -118,14 +134,22 @@ fn host_object(p: &HostParams) -> Arc<DynamicObject> {
 }
 
 /// Runs one reconcile while `script` plays the API server; returns both results.
-async fn reconcile_with<F, Fut>(ctx: &Arc<Context>, host: &Arc<DynamicObject>, api: ApiServer, script: F) -> (Result<Action, Error>, ApiServer)
+async fn reconcile_with<F, Fut>(
+    ctx: &Arc<Context>,
+    host: &Arc<DynamicObject>,
+    api: ApiServer,
+    script: F,
+) -> (Result<Action, Error>, ApiServer)
 where
     F: FnOnce(ApiServer) -> Fut,
     Fut: std::future::Future<Output = ApiServer> + Send + 'static,
 {
     let verifier = tokio::spawn(script(api));
     let result = controller::reconcile(host.clone(), ctx.clone()).await;
-    let api = timeout(Duration::from_secs(5), verifier).await.expect("verifier timed out").expect("verifier panicked");
+    let api = timeout(Duration::from_secs(5), verifier)
+        .await
+        .expect("verifier timed out")
+        .expect("verifier panicked");
     (result, api)
 }
 
@@ -143,9 +167,15 @@ async fn applies_reads_the_secret_and_reports_an_event_then_stays_silent_in_sync
     let (result, api) = reconcile_with(&ctx, &host, api, |mut api| async move {
         api.secret_get(&ns, "chap", Some(s)).await;
         let ev = api.event(&ns).await;
-        assert_eq!((ev["type"].as_str(), ev["reason"].as_str()), (Some("Normal"), Some("BootVolumeApplied")));
+        assert_eq!(
+            (ev["type"].as_str(), ev["reason"].as_str()),
+            (Some("Normal"), Some("BootVolumeApplied"))
+        );
         let note = ev["note"].as_str().unwrap();
-        assert!(note.contains("create volume target") && note.contains("auth_password=<redacted>"), "{note}");
+        assert!(
+            note.contains("create volume target") && note.contains("auth_password=<redacted>"),
+            "{note}"
+        );
         api
     })
     .await;
@@ -174,14 +204,20 @@ async fn missing_secret_is_a_warning_event_and_a_slow_retry() {
     let (result, mut api) = reconcile_with(&ctx, &host, api, |mut api| async move {
         api.secret_get(&ns, "chap", None).await;
         let ev = api.event(&ns).await;
-        assert_eq!((ev["type"].as_str(), ev["reason"].as_str()), (Some("Warning"), Some("CredentialsMissing")));
+        assert_eq!(
+            (ev["type"].as_str(), ev["reason"].as_str()),
+            (Some("Warning"), Some("CredentialsMissing"))
+        );
         assert_eq!(ev["note"], format!("Secret {ns}/chap not found"));
         api
     })
     .await;
     let err = result.unwrap_err();
     assert!(matches!(err, Error::SecretNotFound { .. }), "{err}");
-    assert_eq!(controller::error_policy(host.clone(), &err, ctx.clone()), Action::requeue(controller::BACKOFF_MAX));
+    assert_eq!(
+        controller::error_policy(host.clone(), &err, ctx.clone()),
+        Action::requeue(controller::BACKOFF_MAX)
+    );
     api.silent().await;
 }
 
@@ -190,7 +226,15 @@ async fn waiting_for_power_off_is_reported_and_retried_with_backoff() {
     let c = client();
     let mut p = HostParams::new(&unique_namespace());
     let uuid = enroll(&c, &p.ns, json!({})).await;
-    assert_eq!(ironic_apply(&manifest(&[p.host(), secret(&p.ns, "chap", "chapuser", PASSWORD)]).1, &ironic().url, &[]).code, 0);
+    assert_eq!(
+        ironic_apply(
+            &manifest(&[p.host(), secret(&p.ns, "chap", "chapuser", PASSWORD)]).1,
+            &ironic().url,
+            &[]
+        )
+        .code,
+        0
+    );
     provision(&c, &uuid, "manage", "manageable").await;
     provision(&c, &uuid, "provide", "available").await;
     power(&c, &uuid, "power on").await;
@@ -204,16 +248,33 @@ async fn waiting_for_power_off_is_reported_and_retried_with_backoff() {
         let (result, back) = reconcile_with(&ctx, &host, api, |mut api| async move {
             api.secret_get(&ns, "chap", Some(s)).await;
             let ev = api.event(&ns).await;
-            assert_eq!((ev["type"].as_str(), ev["reason"].as_str()), (Some("Warning"), Some("WaitingForPowerOff")));
-            assert!(ev["note"].as_str().unwrap().contains("power state: power on"), "{}", ev["note"]);
-            assert_eq!(ev["series"]["count"].as_i64(), series, "a repeat is counted, not a new Event");
+            assert_eq!(
+                (ev["type"].as_str(), ev["reason"].as_str()),
+                (Some("Warning"), Some("WaitingForPowerOff"))
+            );
+            assert!(
+                ev["note"].as_str().unwrap().contains("power state: power on"),
+                "{}",
+                ev["note"]
+            );
+            assert_eq!(
+                ev["series"]["count"].as_i64(),
+                series,
+                "a repeat is counted, not a new Event"
+            );
             api
         })
         .await;
         api = back;
         delays.push(result.unwrap());
     }
-    assert_eq!(delays, [Action::requeue(Duration::from_secs(5)), Action::requeue(Duration::from_secs(10))]);
+    assert_eq!(
+        delays,
+        [
+            Action::requeue(Duration::from_secs(5)),
+            Action::requeue(Duration::from_secs(10))
+        ]
+    );
 }
 
 #[tokio::test]
@@ -230,7 +291,10 @@ async fn ironic_unreachable_is_a_warning_event_and_a_fast_capped_retry() {
     let (result, _api) = reconcile_with(&ctx, &host, api, |mut api| async move {
         api.secret_get(&ns, "chap", Some(s)).await;
         let ev = api.event(&ns).await;
-        assert_eq!((ev["type"].as_str(), ev["reason"].as_str()), (Some("Warning"), Some("IronicUnreachable")));
+        assert_eq!(
+            (ev["type"].as_str(), ev["reason"].as_str()),
+            (Some("Warning"), Some("IronicUnreachable"))
+        );
         api
     })
     .await;
@@ -238,7 +302,13 @@ async fn ironic_unreachable_is_a_warning_event_and_a_fast_capped_retry() {
     assert_eq!(err.metric_label(), "ironic_unreachable");
     let first = controller::error_policy(host.clone(), &err, ctx.clone());
     let second = controller::error_policy(host.clone(), &err, ctx.clone());
-    assert_eq!((first, second), (Action::requeue(Duration::from_secs(5)), Action::requeue(Duration::from_secs(10))));
+    assert_eq!(
+        (first, second),
+        (
+            Action::requeue(Duration::from_secs(5)),
+            Action::requeue(Duration::from_secs(10))
+        )
+    );
 }
 
 /// A minimal Lease store standing in for the API server's, recording every write.
@@ -259,14 +329,24 @@ impl LeaseServer {
                 ),
             },
             "POST" | "PATCH" => {
-                self.writes.push((method.into(), content_type.into(), body.clone()));
-                let lease = self.lease.get_or_insert_with(|| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease"}));
+                self.writes
+                    .push((method.into(), content_type.into(), body.clone()));
+                let lease = self
+                    .lease
+                    .get_or_insert_with(|| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease"}));
                 if method == "POST" {
                     *lease = body;
                 } else {
                     json_patch::merge(lease, &json!({"spec": body["spec"]}));
                 }
-                json_response(if method == "POST" { StatusCode::CREATED } else { StatusCode::OK }, lease)
+                json_response(
+                    if method == "POST" {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    },
+                    lease,
+                )
             }
             other => panic!("unexpected {other} {path}"),
         }
@@ -278,8 +358,15 @@ fn serve_leases(mut handle: Handle, server: Arc<Mutex<LeaseServer>>) -> tokio::t
     tokio::spawn(async move {
         while let Some((req, send)) = handle.next_request().await {
             let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
-            assert!(path.starts_with("/apis/coordination.k8s.io/v1/namespaces/kube-ns/leases"), "{method} {path}");
-            let ct = req.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+            assert!(
+                path.starts_with("/apis/coordination.k8s.io/v1/namespaces/kube-ns/leases"),
+                "{method} {path}"
+            );
+            let ct = req
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
             let bytes = req.into_body().collect_bytes().await.unwrap();
             let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let resp = server.lock().unwrap().answer(&method, &path, &ct, body);
@@ -289,7 +376,12 @@ fn serve_leases(mut handle: Handle, server: Arc<Mutex<LeaseServer>>) -> tokio::t
 }
 
 fn lease_config(identity: &str) -> LeaseConfig {
-    LeaseConfig { name: "bootvolume-reconciler".into(), namespace: "kube-ns".into(), identity: identity.into(), duration_secs: 15 }
+    LeaseConfig {
+        name: "bootvolume-reconciler".into(),
+        namespace: "kube-ns".into(),
+        identity: identity.into(),
+        duration_secs: 15,
+    }
 }
 
 #[tokio::test]
@@ -305,7 +397,12 @@ async fn acts_only_while_holding_the_lease_and_releases_it_on_shutdown() {
         let config = lease_config("replica-a");
         controller::lead(Client::new(svc, "default"), &config, shutdown, |stop| {
             // Work starts only once the Lease names us.
-            let holder = srv.lock().unwrap().lease.as_ref().map(|l| l["spec"]["holderIdentity"].clone());
+            let holder = srv
+                .lock()
+                .unwrap()
+                .lease
+                .as_ref()
+                .map(|l| l["spec"]["holderIdentity"].clone());
             st.lock().unwrap().push(holder == Some(json!("replica-a")));
             stop
         })
@@ -321,19 +418,37 @@ async fn acts_only_while_holding_the_lease_and_releases_it_on_shutdown() {
     assert_eq!(*started.lock().unwrap(), [true]);
 
     shutdown_tx.send(true).unwrap();
-    timeout(Duration::from_secs(5), lead).await.expect("lead did not stop").unwrap().expect("lead failed");
+    timeout(Duration::from_secs(5), lead)
+        .await
+        .expect("lead did not stop")
+        .unwrap()
+        .expect("lead failed");
     api.abort();
     let s = server.lock().unwrap();
     let (kinds, claim, release) = (
-        s.writes.iter().map(|(m, ct, _)| format!("{m} {ct}")).collect::<Vec<_>>(),
-        s.writes.iter().find(|(_, ct, _)| ct == "application/apply-patch+yaml").map(|w| &w.2),
+        s.writes
+            .iter()
+            .map(|(m, ct, _)| format!("{m} {ct}"))
+            .collect::<Vec<_>>(),
+        s.writes
+            .iter()
+            .find(|(_, ct, _)| ct == "application/apply-patch+yaml")
+            .map(|w| &w.2),
         s.writes.last().map(|w| &w.2),
     );
-    assert_eq!(kinds.first().map(String::as_str), Some("POST application/json"), "creates the missing Lease: {kinds:?}");
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("POST application/json"),
+        "creates the missing Lease: {kinds:?}"
+    );
     let claim = claim.expect("server-side apply claiming the lease");
     assert_eq!(claim["spec"]["holderIdentity"], "replica-a");
     assert_eq!(claim["spec"]["leaseDurationSeconds"], 15);
-    assert_eq!(release.unwrap()["spec"]["holderIdentity"], Value::Null, "released on shutdown: {kinds:?}");
+    assert_eq!(
+        release.unwrap()["spec"]["holderIdentity"],
+        Value::Null,
+        "released on shutdown: {kinds:?}"
+    );
 }
 
 #[tokio::test]
@@ -354,19 +469,33 @@ async fn a_lease_held_by_another_replica_keeps_us_idle() {
     let started = Arc::new(Mutex::new(false));
     let st = started.clone();
     let lead = tokio::spawn(async move {
-        controller::lead(Client::new(svc, "default"), &lease_config("replica-a"), shutdown, |stop| {
-            *st.lock().unwrap() = true;
-            stop
-        })
+        controller::lead(
+            Client::new(svc, "default"),
+            &lease_config("replica-a"),
+            shutdown,
+            |stop| {
+                *st.lock().unwrap() = true;
+                stop
+            },
+        )
         .await
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!*started.lock().unwrap(), "reconciled without holding the Lease");
     shutdown_tx.send(true).unwrap();
-    timeout(Duration::from_secs(5), lead).await.expect("lead did not stop").unwrap().expect("lead failed");
+    timeout(Duration::from_secs(5), lead)
+        .await
+        .expect("lead did not stop")
+        .unwrap()
+        .expect("lead failed");
     api.abort();
     let s = server.lock().unwrap();
-    assert!(s.writes.iter().all(|(_, _, b)| b["spec"]["holderIdentity"] != "replica-a"), "claimed a held Lease");
+    assert!(
+        s.writes
+            .iter()
+            .all(|(_, _, b)| b["spec"]["holderIdentity"] != "replica-a"),
+        "claimed a held Lease"
+    );
     assert_eq!(s.lease.as_ref().unwrap()["spec"]["holderIdentity"], "replica-b");
 }
 
@@ -382,8 +511,18 @@ async fn controller_reconciles_hosts_and_again_when_their_secret_changes() {
     enroll(&c, &p.ns, json!({})).await;
     let (kube, ApiServer(mut handle)) = mock_kube();
     let metrics = Arc::new(Metrics::new());
-    let reporter = Reporter { controller: "bootvolume-reconciler".into(), instance: None };
-    let ctx = Arc::new(Context::new(kube, client(), metrics.clone(), reporter, false, RESYNC));
+    let reporter = Reporter {
+        controller: "bootvolume-reconciler".into(),
+        instance: None,
+    };
+    let ctx = Arc::new(Context::new(
+        kube,
+        client(),
+        metrics.clone(),
+        reporter,
+        false,
+        RESYNC,
+    ));
     let ns = p.ns.clone();
     let mut host = p.host();
     host["metadata"]["resourceVersion"] = json!("1");
@@ -400,7 +539,9 @@ async fn controller_reconciles_hosts_and_again_when_their_secret_changes() {
         while let Some((req, send)) = handle.next_request().await {
             let path = req.uri().to_string();
             let watch = path.contains("watch=true");
-            if path.starts_with(&format!("/apis/metal3.io/v1alpha1/namespaces/{ns}/baremetalhosts?")) {
+            if path.starts_with(&format!(
+                "/apis/metal3.io/v1alpha1/namespaces/{ns}/baremetalhosts?"
+            )) {
                 if watch {
                     held.push(send);
                 } else {
@@ -420,7 +561,12 @@ async fn controller_reconciles_hosts_and_again_when_their_secret_changes() {
                     tokio::spawn(async move {
                         touched.notified().await;
                         let line = format!("{}\n", json!({"type": "MODIFIED", "object": changed}));
-                        send.send_response(Response::builder().status(200).body(Body::from(line.into_bytes())).unwrap());
+                        send.send_response(
+                            Response::builder()
+                                .status(200)
+                                .body(Body::from(line.into_bytes()))
+                                .unwrap(),
+                        );
                     });
                 } else {
                     held.push(send);
@@ -440,7 +586,11 @@ async fn controller_reconciles_hosts_and_again_when_their_secret_changes() {
     });
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let config = ControllerConfig { namespace: Some(p.ns.clone()), secret_label_selector: None, concurrency: 2 };
+    let config = ControllerConfig {
+        namespace: Some(p.ns.clone()),
+        secret_label_selector: None,
+        concurrency: 2,
+    };
     let ctl_ctx = ctx.clone();
     let run = tokio::spawn(async move {
         controller::run_controller(ctl_ctx, &config, async move {
@@ -473,6 +623,9 @@ async fn controller_reconciles_hosts_and_again_when_their_secret_changes() {
     assert_eq!(metrics.reconciles("in_sync") as usize, after - 1);
 
     stop_tx.send(()).unwrap();
-    timeout(Duration::from_secs(5), run).await.expect("controller did not shut down").unwrap();
+    timeout(Duration::from_secs(5), run)
+        .await
+        .expect("controller did not shut down")
+        .unwrap();
     api.abort();
 }

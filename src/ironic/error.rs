@@ -84,11 +84,15 @@ impl Error {
     /// Builds the typed error for a non-2xx response from its status and raw body.
     pub fn from_response(status: u16, body: &str) -> Self {
         let message = decode_message(body);
-        let invalid_state = message.contains("can not be performed on node") || message.contains("InvalidState");
+        let invalid_state =
+            message.contains("can not be performed on node") || message.contains("InvalidState");
         match status {
             404 => Self::NotFound { message },
             409 if invalid_state => Self::InvalidState { message },
-            409 => Self::Conflict { locked: message.contains("is locked by"), message },
+            409 => Self::Conflict {
+                locked: message.contains("is locked by"),
+                message,
+            },
             400 if invalid_state => Self::InvalidState { message },
             401 | 403 => Self::Unauthorized { status, message },
             500..=599 => Self::Server { status, message },
@@ -99,7 +103,10 @@ impl Error {
     /// Whether the same request may succeed later without any change on our side
     /// (409, 5xx, unreachable): the reconciler retries these with capped backoff.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Conflict { .. } | Self::Server { .. } | Self::Transport { .. })
+        matches!(
+            self,
+            Self::Conflict { .. } | Self::Server { .. } | Self::Transport { .. }
+        )
     }
 
     /// A short, bounded label for metrics and event reasons.
@@ -125,17 +132,46 @@ impl Error {
         if secret.is_empty() {
             return self;
         }
-        let scrub = |m: String| if m.contains(secret) { m.replace(secret, "<redacted>") } else { m };
+        let scrub = |m: String| {
+            if m.contains(secret) {
+                m.replace(secret, "<redacted>")
+            } else {
+                m
+            }
+        };
         match self {
-            Self::NotFound { message } => Self::NotFound { message: scrub(message) },
-            Self::Conflict { locked, message } => Self::Conflict { locked, message: scrub(message) },
-            Self::InvalidState { message } => Self::InvalidState { message: scrub(message) },
-            Self::BadRequest { status, message } => Self::BadRequest { status, message: scrub(message) },
-            Self::Unauthorized { status, message } => Self::Unauthorized { status, message: scrub(message) },
-            Self::Server { status, message } => Self::Server { status, message: scrub(message) },
-            Self::Transport { url, message } => Self::Transport { url, message: scrub(message) },
-            Self::Decode { message } => Self::Decode { message: scrub(message) },
-            Self::Config { message } => Self::Config { message: scrub(message) },
+            Self::NotFound { message } => Self::NotFound {
+                message: scrub(message),
+            },
+            Self::Conflict { locked, message } => Self::Conflict {
+                locked,
+                message: scrub(message),
+            },
+            Self::InvalidState { message } => Self::InvalidState {
+                message: scrub(message),
+            },
+            Self::BadRequest { status, message } => Self::BadRequest {
+                status,
+                message: scrub(message),
+            },
+            Self::Unauthorized { status, message } => Self::Unauthorized {
+                status,
+                message: scrub(message),
+            },
+            Self::Server { status, message } => Self::Server {
+                status,
+                message: scrub(message),
+            },
+            Self::Transport { url, message } => Self::Transport {
+                url,
+                message: scrub(message),
+            },
+            Self::Decode { message } => Self::Decode {
+                message: scrub(message),
+            },
+            Self::Config { message } => Self::Config {
+                message: scrub(message),
+            },
         }
     }
 }
@@ -152,7 +188,11 @@ fn decode_message(body: &str) -> String {
             };
             return message_of(&inner);
         }
-        outer.get("error").and_then(|e| e.get("message")).and_then(Value::as_str).map(str::to_owned)
+        outer
+            .get("error")
+            .and_then(|e| e.get("message"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     });
     let message = message.unwrap_or_else(|| body.trim().to_owned());
     truncate(message.trim())
@@ -163,7 +203,10 @@ fn message_of(inner: &Value) -> Option<String> {
         return Some(s.clone());
     }
     let field = |k: &str| inner.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
-    field("faultstring").or_else(|| field("description")).or_else(|| field("title")).map(str::to_owned)
+    field("faultstring")
+        .or_else(|| field("description"))
+        .or_else(|| field("title"))
+        .map(str::to_owned)
 }
 
 fn truncate(s: &str) -> String {
@@ -233,7 +276,11 @@ mod tests {
             }),
         ];
         for (status, body, want) in cases {
-            assert_eq!(&Error::from_response(*status, body), want, "status {status} body {body}");
+            assert_eq!(
+                &Error::from_response(*status, body),
+                want,
+                "status {status} body {body}"
+            );
         }
     }
 
@@ -242,18 +289,32 @@ mod tests {
         let transient = [
             Error::from_response(409, "x"),
             Error::from_response(502, "x"),
-            Error::Transport { url: "u".into(), message: "refused".into() },
+            Error::Transport {
+                url: "u".into(),
+                message: "refused".into(),
+            },
         ];
         assert!(transient.iter().all(Error::is_transient));
-        let permanent = [Error::from_response(400, "x"), Error::from_response(404, "x"), Error::from_response(401, "x")];
+        let permanent = [
+            Error::from_response(400, "x"),
+            Error::from_response(404, "x"),
+            Error::from_response(401, "x"),
+        ];
         assert!(!permanent.iter().any(Error::is_transient));
     }
 
     #[test]
     fn redact_scrubs_the_secret_and_long_messages_are_cut() {
-        let e = Error::from_response(400, "Invalid input for field/attribute. Value: 's3cr3t-pw'. ").redact("s3cr3t-pw");
-        assert_eq!(e.to_string(), "rejected by Ironic (HTTP 400): Invalid input for field/attribute. Value: '<redacted>'.");
+        let e = Error::from_response(400, "Invalid input for field/attribute. Value: 's3cr3t-pw'. ")
+            .redact("s3cr3t-pw");
+        assert_eq!(
+            e.to_string(),
+            "rejected by Ironic (HTTP 400): Invalid input for field/attribute. Value: '<redacted>'."
+        );
         let long = "x".repeat(1000);
-        assert_eq!(Error::from_response(500, &long).to_string().len(), "Ironic server error (HTTP 500): ".len() + 303);
+        assert_eq!(
+            Error::from_response(500, &long).to_string().len(),
+            "Ironic server error (HTTP 500): ".len() + 303
+        );
     }
 }

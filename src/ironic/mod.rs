@@ -52,7 +52,12 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// A config with no auth and no CA, for `noauth` Ironic over HTTP.
     pub fn new(url: impl Into<String>, timeout: Duration) -> Self {
-        Self { url: url.into(), basic_auth: None, ca_pem: None, timeout }
+        Self {
+            url: url.into(),
+            basic_auth: None,
+            ca_pem: None,
+            timeout,
+        }
     }
 
     /// Reads metal3-style credential files (one value per file, trailing newline ignored)
@@ -68,7 +73,8 @@ impl ClientConfig {
             (None, None) => None,
             _ => {
                 return Err(Error::Config {
-                    message: "--ironic-username-file and --ironic-password-file must be given together".into(),
+                    message: "--ironic-username-file and --ironic-password-file must be given together"
+                        .into(),
                 });
             }
         };
@@ -80,7 +86,9 @@ impl ClientConfig {
 }
 
 fn file_error(path: &Path, e: &std::io::Error) -> Error {
-    Error::Config { message: format!("cannot read {}: {e}", path.display()) }
+    Error::Config {
+        message: format!("cannot read {}: {e}", path.display()),
+    }
 }
 
 fn read_trimmed(path: &Path) -> Result<String, Error> {
@@ -164,7 +172,9 @@ pub struct IronicClient {
 
 impl std::fmt::Debug for IronicClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IronicClient").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("IronicClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -176,15 +186,26 @@ impl IronicClient {
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)));
         if let Some(pem) = &config.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| Error::Config { message: format!("CA bundle: {e}") })?;
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| Error::Config {
+                message: format!("CA bundle: {e}"),
+            })?;
             if certs.is_empty() {
-                return Err(Error::Config { message: "CA bundle holds no certificate".into() });
+                return Err(Error::Config {
+                    message: "CA bundle holds no certificate".into(),
+                });
             }
             builder = builder.tls_certs_only(certs);
         }
-        let http = builder.build().map_err(|e| Error::Config { message: format!("HTTP client: {e}") })?;
-        Ok(Self { http, base, auth: config.basic_auth, calls: Arc::default(), observer: None })
+        let http = builder.build().map_err(|e| Error::Config {
+            message: format!("HTTP client: {e}"),
+        })?;
+        Ok(Self {
+            http,
+            base,
+            auth: config.basic_auth,
+            calls: Arc::default(),
+            observer: None,
+        })
     }
 
     /// Reports every request to `observer` (metrics).
@@ -211,19 +232,36 @@ impl IronicClient {
 
     /// `PATCH /v1/nodes/{uuid}`.
     pub async fn patch_node(&self, uuid: &str, ops: &[PatchOp]) -> Result<Node, Error> {
-        self.send(Method::PATCH, &format!("/v1/nodes/{}", encode_segment(uuid)), Some(ops)).await
+        self.send(
+            Method::PATCH,
+            &format!("/v1/nodes/{}", encode_segment(uuid)),
+            Some(ops),
+        )
+        .await
     }
 
     /// All volume connectors of a node, with `extra` and timestamps.
     pub async fn list_connectors(&self, node_uuid: &str) -> Result<Vec<Connector>, Error> {
-        let path = format!("/v1/volume/connectors?node={}&detail=true", encode_segment(node_uuid));
-        Ok(self.send::<model::ConnectorList>(Method::GET, &path, None::<&()>).await?.connectors)
+        let path = format!(
+            "/v1/volume/connectors?node={}&detail=true",
+            encode_segment(node_uuid)
+        );
+        Ok(self
+            .send::<model::ConnectorList>(Method::GET, &path, None::<&()>)
+            .await?
+            .connectors)
     }
 
     /// All volume targets of a node, with properties (password masked), `extra` and timestamps.
     pub async fn list_targets(&self, node_uuid: &str) -> Result<Vec<Target>, Error> {
-        let path = format!("/v1/volume/targets?node={}&detail=true", encode_segment(node_uuid));
-        Ok(self.send::<model::TargetList>(Method::GET, &path, None::<&()>).await?.targets)
+        let path = format!(
+            "/v1/volume/targets?node={}&detail=true",
+            encode_segment(node_uuid)
+        );
+        Ok(self
+            .send::<model::TargetList>(Method::GET, &path, None::<&()>)
+            .await?
+            .targets)
     }
 
     /// `POST /v1/volume/connectors`.
@@ -233,12 +271,21 @@ impl IronicClient {
 
     /// `PATCH /v1/volume/connectors/{uuid}` (only while the node is powered off).
     pub async fn patch_connector(&self, uuid: &str, ops: &[PatchOp]) -> Result<Connector, Error> {
-        self.send(Method::PATCH, &format!("/v1/volume/connectors/{}", encode_segment(uuid)), Some(ops)).await
+        self.send(
+            Method::PATCH,
+            &format!("/v1/volume/connectors/{}", encode_segment(uuid)),
+            Some(ops),
+        )
+        .await
     }
 
     /// `DELETE /v1/volume/connectors/{uuid}`.
     pub async fn delete_connector(&self, uuid: &str) -> Result<(), Error> {
-        self.send_empty(Method::DELETE, &format!("/v1/volume/connectors/{}", encode_segment(uuid))).await
+        self.send_empty(
+            Method::DELETE,
+            &format!("/v1/volume/connectors/{}", encode_segment(uuid)),
+        )
+        .await
     }
 
     /// `POST /v1/volume/targets`.
@@ -248,12 +295,21 @@ impl IronicClient {
 
     /// `PATCH /v1/volume/targets/{uuid}` (only while the node is powered off).
     pub async fn patch_target(&self, uuid: &str, ops: &[PatchOp]) -> Result<Target, Error> {
-        self.send(Method::PATCH, &format!("/v1/volume/targets/{}", encode_segment(uuid)), Some(ops)).await
+        self.send(
+            Method::PATCH,
+            &format!("/v1/volume/targets/{}", encode_segment(uuid)),
+            Some(ops),
+        )
+        .await
     }
 
     /// `DELETE /v1/volume/targets/{uuid}`.
     pub async fn delete_target(&self, uuid: &str) -> Result<(), Error> {
-        self.send_empty(Method::DELETE, &format!("/v1/volume/targets/{}", encode_segment(uuid))).await
+        self.send_empty(
+            Method::DELETE,
+            &format!("/v1/volume/targets/{}", encode_segment(uuid)),
+        )
+        .await
     }
 
     /// A request with an optional JSON body whose response body is decoded as `T`.
@@ -267,7 +323,9 @@ impl IronicClient {
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<T, Error> {
         let text = self.raw(method, path, body).await?;
-        serde_json::from_str(&text).map_err(|e| Error::Decode { message: format!("{path}: {e}") })
+        serde_json::from_str(&text).map_err(|e| Error::Decode {
+            message: format!("{path}: {e}"),
+        })
     }
 
     /// A request whose successful response has no body we need (DELETE: 204, state PUT: 202).
@@ -325,13 +383,20 @@ impl IronicClient {
     fn transport(&self, e: &reqwest::Error) -> Error {
         // The reqwest error chain names the cause (refused, timed out, certificate) but also
         // the full URL, which is ours and harmless; it never contains the body.
-        let mut message = if e.is_timeout() { "timed out".to_owned() } else { e.to_string() };
+        let mut message = if e.is_timeout() {
+            "timed out".to_owned()
+        } else {
+            e.to_string()
+        };
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
             message = format!("{message}: {s}");
             source = s.source();
         }
-        Error::Transport { url: self.base.clone(), message }
+        Error::Transport {
+            url: self.base.clone(),
+            message,
+        }
     }
 }
 
@@ -339,8 +404,12 @@ impl IronicClient {
 fn normalize_base(url: &str) -> Result<String, Error> {
     let trimmed = url.trim().trim_end_matches('/');
     let trimmed = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
-    if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) || trimmed.len() <= "https://".len() {
-        return Err(Error::Config { message: format!("Ironic URL must be http(s)://host[:port], got {url:?}") });
+    if !(trimmed.starts_with("http://") || trimmed.starts_with("https://"))
+        || trimmed.len() <= "https://".len()
+    {
+        return Err(Error::Config {
+            message: format!("Ironic URL must be http(s)://host[:port], got {url:?}"),
+        });
     }
     Ok(trimmed.to_owned())
 }
@@ -389,12 +458,18 @@ mod tests {
         let (u, p) = (dir.path().join("username"), dir.path().join("password"));
         std::fs::write(&u, "admin\n").unwrap();
         std::fs::write(&p, "pa ss\n").unwrap();
-        let cfg = ClientConfig::new("http://x", Duration::from_secs(1)).with_files(Some(&u), Some(&p), None).unwrap();
+        let cfg = ClientConfig::new("http://x", Duration::from_secs(1))
+            .with_files(Some(&u), Some(&p), None)
+            .unwrap();
         let (user, pass) = cfg.basic_auth.unwrap();
         assert_eq!((user.as_str(), pass.expose()), ("admin", "pa ss"));
         let half = ClientConfig::new("http://x", Duration::from_secs(1)).with_files(Some(&u), None, None);
         assert!(matches!(half, Err(Error::Config { .. })));
-        let missing = ClientConfig::new("http://x", Duration::from_secs(1)).with_files(None, None, Some(&dir.path().join("nope")));
+        let missing = ClientConfig::new("http://x", Duration::from_secs(1)).with_files(
+            None,
+            None,
+            Some(&dir.path().join("nope")),
+        );
         assert!(missing.unwrap_err().to_string().contains("nope"));
     }
 

@@ -44,7 +44,10 @@ pub const NODE_FIELDS: &str =
 impl Node {
     /// `properties.capabilities`, as the string Ironic stores (empty when unset).
     pub fn capabilities(&self) -> &str {
-        self.properties.get("capabilities").and_then(Value::as_str).unwrap_or("")
+        self.properties
+            .get("capabilities")
+            .and_then(Value::as_str)
+            .unwrap_or("")
     }
 }
 
@@ -187,8 +190,14 @@ mod tests {
     #[test]
     fn patch_ops_serialize_as_rfc6902() {
         let ops = vec![
-            PatchOp::Add { path: "/a".into(), value: json!(1) },
-            PatchOp::Replace { path: "/b".into(), value: json!("x") },
+            PatchOp::Add {
+                path: "/a".into(),
+                value: json!(1),
+            },
+            PatchOp::Replace {
+                path: "/b".into(),
+                value: json!("x"),
+            },
             PatchOp::Remove { path: "/c".into() },
         ];
         assert_eq!(

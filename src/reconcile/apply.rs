@@ -7,7 +7,7 @@
 
 use super::{
     Error,
-    plan::{self, Blocked, Credentials, CredentialSource, Current, Desired, MANAGED_KEY},
+    plan::{self, Blocked, CredentialSource, Credentials, Current, Desired, MANAGED_KEY},
 };
 use crate::{
     api::{BootVolume, HostView, SECRET_PASSWORD_KEY, SECRET_USERNAME_KEY, Sensitive},
@@ -43,7 +43,11 @@ impl HostSpec {
             None
         };
         Ok(Self {
-            namespace: if view.namespace.is_empty() { "default".into() } else { view.namespace.into() },
+            namespace: if view.namespace.is_empty() {
+                "default".into()
+            } else {
+                view.namespace.into()
+            },
             name: view.name.into(),
             node_id: view.ironic_node_id().map(str::to_owned),
             boot_volume: view.boot_volume,
@@ -70,13 +74,22 @@ impl HostSpec {
     /// The desired node state; `secret` is the Secret named by [`Self::secret_name`], when
     /// found. `Ok(None)` means "no bootVolume".
     pub fn desired(&self, secret: Option<&Secret>) -> Result<Option<Desired>, Error> {
-        let Some(bv) = &self.boot_volume else { return Ok(None) };
+        let Some(bv) = &self.boot_volume else {
+            return Ok(None);
+        };
         let credentials = match plan::credential_source(bv)? {
             CredentialSource::None => None,
             CredentialSource::Inline(c) => Some(c),
             CredentialSource::Secret(name) => {
-                let missing = || Error::SecretNotFound { namespace: self.namespace.clone(), name: name.into() };
-                Some(credentials_from_secret(secret.ok_or_else(missing)?, &self.namespace, name)?)
+                let missing = || Error::SecretNotFound {
+                    namespace: self.namespace.clone(),
+                    name: name.into(),
+                };
+                Some(credentials_from_secret(
+                    secret.ok_or_else(missing)?,
+                    &self.namespace,
+                    name,
+                )?)
             }
         };
         Ok(Some(Desired::from_boot_volume(bv, credentials)?))
@@ -88,15 +101,26 @@ impl HostSpec {
 pub fn credentials_from_secret(secret: &Secret, namespace: &str, name: &str) -> Result<Credentials, Error> {
     let value = |key: &'static str| {
         let from_string = secret.string_data.as_ref().and_then(|d| d.get(key)).cloned();
-        let from_data =
-            || secret.data.as_ref().and_then(|d| d.get(key)).and_then(|b| String::from_utf8(b.0.clone()).ok());
-        from_string.or_else(from_data).filter(|v| !v.is_empty()).ok_or_else(|| Error::SecretKeyMissing {
-            namespace: namespace.into(),
-            name: name.into(),
-            key,
-        })
+        let from_data = || {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        };
+        from_string
+            .or_else(from_data)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| Error::SecretKeyMissing {
+                namespace: namespace.into(),
+                name: name.into(),
+                key,
+            })
     };
-    Ok(Credentials { username: value(SECRET_USERNAME_KEY)?, password: Sensitive::new(value(SECRET_PASSWORD_KEY)?) })
+    Ok(Credentials {
+        username: value(SECRET_USERNAME_KEY)?,
+        password: Sensitive::new(value(SECRET_PASSWORD_KEY)?),
+    })
 }
 
 /// What a pass did (or, in dry-run, would do).
@@ -127,33 +151,68 @@ pub async fn apply(
     dry_run: bool,
 ) -> Result<Outcome, Error> {
     if let Some(why) = host.skip {
-        return Ok(Outcome { skipped: Some(format!("host is {why}")), ..Default::default() });
+        return Ok(Outcome {
+            skipped: Some(format!("host is {why}")),
+            ..Default::default()
+        });
     }
-    let secret = desired.and_then(|d| d.credentials.as_ref()).map(|c| c.password.expose().to_owned());
+    let secret = desired
+        .and_then(|d| d.credentials.as_ref())
+        .map(|c| c.password.expose().to_owned());
     let redact = |e: ironic::Error| e.redact(secret.as_deref().unwrap_or(""));
     let Some(node) = find_node(client, host).await? else {
         return match desired {
-            None => Ok(Outcome { skipped: Some("no Ironic node".into()), ..Default::default() }),
+            None => Ok(Outcome {
+                skipped: Some("no Ironic node".into()),
+                ..Default::default()
+            }),
             Some(_) => Err(Error::NodeNotFound {
                 ident: host.node_name(),
-                how: if host.node_id.is_some() { "status.provisioning.ID and name" } else { "name" }.into(),
+                how: if host.node_id.is_some() {
+                    "status.provisioning.ID and name"
+                } else {
+                    "name"
+                }
+                .into(),
             }),
         };
     };
     let uuid = node.uuid.clone();
-    let marked = node.extra.get(MANAGED_KEY).is_some_and(|v| v == &Value::Bool(true));
+    let marked = node
+        .extra
+        .get(MANAGED_KEY)
+        .is_some_and(|v| v == &Value::Bool(true));
     if desired.is_none() && !marked {
-        return Ok(Outcome { node_uuid: uuid, ..Default::default() });
+        return Ok(Outcome {
+            node_uuid: uuid,
+            ..Default::default()
+        });
     }
-    let connectors = client.list_connectors(&uuid).await.map_err(|e| Error::ironic("list volume connectors", e))?;
-    let targets = client.list_targets(&uuid).await.map_err(|e| Error::ironic("list volume targets", e))?;
-    let current = Current { node, connectors, targets };
+    let connectors = client
+        .list_connectors(&uuid)
+        .await
+        .map_err(|e| Error::ironic("list volume connectors", e))?;
+    let targets = client
+        .list_targets(&uuid)
+        .await
+        .map_err(|e| Error::ironic("list volume targets", e))?;
+    let current = Current {
+        node,
+        connectors,
+        targets,
+    };
     let plan = plan::plan(desired, &current);
-    let mut outcome = Outcome { node_uuid: uuid, blocked: plan.blocked, ..Default::default() };
+    let mut outcome = Outcome {
+        node_uuid: uuid,
+        blocked: plan.blocked,
+        ..Default::default()
+    };
     for action in plan.actions {
         let description = action.to_string();
         if !dry_run {
-            execute(client, &action).await.map_err(|e| Error::ironic(&description, redact(e)))?;
+            execute(client, &action)
+                .await
+                .map_err(|e| Error::ironic(&description, redact(e)))?;
         }
         outcome.changes.push(description);
     }
@@ -196,8 +255,17 @@ mod tests {
 
     fn secret(data: &[(&str, &str)], string_data: &[(&str, &str)]) -> Secret {
         Secret {
-            data: Some(data.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()),
-            string_data: Some(string_data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()),
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            string_data: Some(
+                string_data
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
             ..Default::default()
         }
     }
@@ -207,13 +275,20 @@ mod tests {
         let ok = |u: &str, p: &str| Ok::<_, &'static str>((u.to_owned(), p.to_owned()));
         let cases = [
             (secret(&[("username", "u"), ("password", "p")], &[]), ok("u", "p")),
-            (secret(&[("username", "u"), ("password", "old")], &[("password", "new")]), ok("u", "new")),
+            (
+                secret(&[("username", "u"), ("password", "old")], &[("password", "new")]),
+                ok("u", "new"),
+            ),
             (secret(&[("username", "u")], &[]), Err("password")),
             (secret(&[("password", "p")], &[]), Err("username")),
-            (secret(&[("username", "u"), ("password", "")], &[]), Err("password")),
+            (
+                secret(&[("username", "u"), ("password", "")], &[]),
+                Err("password"),
+            ),
         ];
         for (s, want) in cases {
-            let got = credentials_from_secret(&s, "ns", "chap").map(|c| (c.username, c.password.expose().to_owned()));
+            let got = credentials_from_secret(&s, "ns", "chap")
+                .map(|c| (c.username, c.password.expose().to_owned()));
             let got = got.map_err(|e| match e {
                 Error::SecretKeyMissing { key, .. } => key,
                 other => panic!("{other}"),
@@ -221,24 +296,43 @@ mod tests {
             assert_eq!(got, want);
         }
         let invalid = Secret {
-            data: Some([("username".to_string(), ByteString(vec![0xff])), ("password".into(), ByteString(b"p".to_vec()))].into()),
+            data: Some(
+                [
+                    ("username".to_string(), ByteString(vec![0xff])),
+                    ("password".into(), ByteString(b"p".to_vec())),
+                ]
+                .into(),
+            ),
             ..Default::default()
         };
-        assert!(matches!(credentials_from_secret(&invalid, "ns", "chap"), Err(Error::SecretKeyMissing { key: "username", .. })));
+        assert!(matches!(
+            credentials_from_secret(&invalid, "ns", "chap"),
+            Err(Error::SecretKeyMissing { key: "username", .. })
+        ));
     }
 
     #[test]
     fn host_spec_reads_ids_and_skips_deleting_or_detached_hosts() {
         let host = |extra: Value| {
-            let mut v = json!({"metadata": {"name": "h"}, "spec": {}, "status": {"provisioning": {"ID": "uuid-1"}}});
+            let mut v =
+                json!({"metadata": {"name": "h"}, "spec": {}, "status": {"provisioning": {"ID": "uuid-1"}}});
             json_patch::merge(&mut v, &extra);
             HostSpec::from_value(&v).unwrap()
         };
         let h = host(json!({}));
-        assert_eq!((h.namespace.as_str(), h.node_name().as_str(), h.node_id.as_deref()), ("default", "default~h", Some("uuid-1")));
+        assert_eq!(
+            (h.namespace.as_str(), h.node_name().as_str(), h.node_id.as_deref()),
+            ("default", "default~h", Some("uuid-1"))
+        );
         assert_eq!(h.skip, None);
-        assert_eq!(host(json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}})).skip, Some("being deleted"));
-        assert_eq!(host(json!({"status": {"operationalStatus": "detached"}})).skip, Some("detached"));
+        assert_eq!(
+            host(json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}})).skip,
+            Some("being deleted")
+        );
+        assert_eq!(
+            host(json!({"status": {"operationalStatus": "detached"}})).skip,
+            Some("detached")
+        );
         assert!(matches!(HostSpec::from_value(&json!([])), Err(Error::Input(_))));
     }
 
@@ -253,7 +347,10 @@ mod tests {
         assert_eq!(h.secret_name().unwrap(), Some("chap"));
         let err = h.desired(None).unwrap_err();
         assert_eq!(err.to_string(), "Secret ns/chap not found");
-        let ok = h.desired(Some(&secret(&[("username", "u"), ("password", "p")], &[]))).unwrap().unwrap();
+        let ok = h
+            .desired(Some(&secret(&[("username", "u"), ("password", "p")], &[])))
+            .unwrap()
+            .unwrap();
         assert_eq!(ok.credentials.unwrap().username, "u");
     }
 }

@@ -9,9 +9,9 @@ use super::{
     metrics::Metrics,
     oneshot,
 };
-use kube::runtime::events::Reporter;
 use crate::ironic::{ClientConfig, IronicClient};
 use clap::Args;
+use kube::runtime::events::Reporter;
 use std::{io::Write, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 /// How to reach Ironic (shared by both subcommands).
@@ -21,10 +21,18 @@ pub struct IronicArgs {
     #[arg(long, env = "BOOTVOLUME_IRONIC_URL")]
     pub ironic_url: String,
     /// File holding the HTTP basic auth user name (metal3 `ironic-credentials` style).
-    #[arg(long, env = "BOOTVOLUME_IRONIC_USERNAME_FILE", requires = "ironic_password_file")]
+    #[arg(
+        long,
+        env = "BOOTVOLUME_IRONIC_USERNAME_FILE",
+        requires = "ironic_password_file"
+    )]
     pub ironic_username_file: Option<PathBuf>,
     /// File holding the HTTP basic auth password.
-    #[arg(long, env = "BOOTVOLUME_IRONIC_PASSWORD_FILE", requires = "ironic_username_file")]
+    #[arg(
+        long,
+        env = "BOOTVOLUME_IRONIC_PASSWORD_FILE",
+        requires = "ironic_username_file"
+    )]
     pub ironic_password_file: Option<PathBuf>,
     /// PEM CA bundle for Ironic's TLS certificate (the only trust root when given).
     #[arg(long, env = "BOOTVOLUME_IRONIC_CA_FILE")]
@@ -52,7 +60,13 @@ impl IronicArgs {
 #[derive(Debug, Args)]
 pub struct IronicApplyArgs {
     /// Manifest files with BareMetalHosts and the Secrets they reference (`-` = stdin).
-    #[arg(short = 'f', long = "filename", required = true, value_delimiter = ',', env = "BOOTVOLUME_FILENAME")]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required = true,
+        value_delimiter = ',',
+        env = "BOOTVOLUME_FILENAME"
+    )]
     pub files: Vec<PathBuf>,
     /// Ironic connection.
     #[command(flatten)]
@@ -109,7 +123,10 @@ fn init_process() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
@@ -118,7 +135,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 
 /// Runs `ironic-apply`; returns the process exit code ([`oneshot::ExitStatus`]).
 pub fn run_ironic_apply(args: IronicApplyArgs) -> Result<u8, Error> {
-    let IronicApplyArgs { files, ironic, dry_run } = args;
+    let IronicApplyArgs {
+        files,
+        ironic,
+        dry_run,
+    } = args;
     init_process();
     let inputs = oneshot::read_inputs(&files)?;
     let client = ironic.client()?;
@@ -153,15 +174,31 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
     } = args;
     let metrics = Arc::new(Metrics::new());
     let ironic = ironic.client()?.with_observer(metrics.ironic_observer());
-    let kube = kube::Client::try_default().await.map_err(|e| Error::Kube(format!("client: {e}")))?;
+    let kube = kube::Client::try_default()
+        .await
+        .map_err(|e| Error::Kube(format!("client: {e}")))?;
     let identity = leader_election_identity
         .or_else(|| std::env::var("POD_NAME").ok())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("bootvolume-{}", std::process::id()));
-    let reporter = Reporter { controller: "bootvolume-reconciler".into(), instance: Some(identity.clone()) };
+    let reporter = Reporter {
+        controller: "bootvolume-reconciler".into(),
+        instance: Some(identity.clone()),
+    };
     let resync = Duration::from_secs(resync_interval.max(1));
-    let ctx = Arc::new(Context::new(kube.clone(), ironic, metrics.clone(), reporter, dry_run, resync));
-    let config = ControllerConfig { namespace, secret_label_selector, concurrency: concurrency.max(1) };
+    let ctx = Arc::new(Context::new(
+        kube.clone(),
+        ironic,
+        metrics.clone(),
+        reporter,
+        dry_run,
+        resync,
+    ));
+    let config = ControllerConfig {
+        namespace,
+        secret_label_selector,
+        concurrency: concurrency.max(1),
+    };
 
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -186,7 +223,10 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
             identity,
             duration_secs: lease_duration,
         };
-        controller::lead(kube, &lease, shutdown, |stop| controller::run_controller(ctx.clone(), &config, stop)).await
+        controller::lead(kube, &lease, shutdown, |stop| {
+            controller::run_controller(ctx.clone(), &config, stop)
+        })
+        .await
     } else {
         let mut sd = shutdown;
         controller::run_controller(ctx, &config, async move {

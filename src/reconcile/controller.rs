@@ -46,7 +46,10 @@ const MAX_NOTE: usize = 1000;
 
 /// `metal3.io/v1alpha1` `baremetalhosts`.
 pub fn host_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("metal3.io", "v1alpha1", "BareMetalHost"), "baremetalhosts")
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("metal3.io", "v1alpha1", "BareMetalHost"),
+        "baremetalhosts",
+    )
 }
 
 /// What every reconcile shares.
@@ -72,9 +75,16 @@ impl Context {
         resync: Duration,
     ) -> Self {
         let recorder = Recorder::new(kube.clone(), reporter);
-        Self { kube, ironic, recorder, metrics, dry_run, resync, backoff: Backoff::default() }
+        Self {
+            kube,
+            ironic,
+            recorder,
+            metrics,
+            dry_run,
+            resync,
+            backoff: Backoff::default(),
+        }
     }
-
 }
 
 /// Capped exponential retry delays per host: 5 s, 10 s, 20 s ... 300 s.
@@ -119,7 +129,12 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
         }
     }
     let outcome = result.inspect_err(|e| tracing::warn!(error = %e, "reconcile failed"))?;
-    tracing::info!(result = label, changes = outcome.changes.len(), blocked = outcome.blocked.len(), "reconciled");
+    tracing::info!(
+        result = label,
+        changes = outcome.changes.len(),
+        blocked = outcome.blocked.len(),
+        "reconciled"
+    );
     if outcome.blocked.is_empty() {
         ctx.backoff.reset(&key(&obj));
         Ok(Action::requeue(ctx.resync))
@@ -131,7 +146,11 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
 /// Retries: transient errors with capped backoff; the rest slowly (a host or Secret change
 /// re-triggers at once anyway), so a permanent 4xx is reported, not hammered.
 pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Action {
-    if err.is_transient() { Action::requeue(ctx.backoff.next(&key(&obj))) } else { Action::requeue(BACKOFF_MAX) }
+    if err.is_transient() {
+        Action::requeue(ctx.backoff.next(&key(&obj)))
+    } else {
+        Action::requeue(BACKOFF_MAX)
+    }
 }
 
 async fn pass(obj: &DynamicObject, ctx: &Context) -> Result<Outcome, Error> {
@@ -162,11 +181,20 @@ fn events(result: &Result<Outcome, Error>, dry_run: bool) -> Vec<Event> {
         secondary: None,
     };
     match result {
-        Err(e) => vec![event(EventType::Warning, e.event_reason(), "Reconcile", e.to_string())],
+        Err(e) => vec![event(
+            EventType::Warning,
+            e.event_reason(),
+            "Reconcile",
+            e.to_string(),
+        )],
         Ok(o) => {
             let mut out = Vec::new();
             if !o.changes.is_empty() {
-                let (reason, verb) = if dry_run { ("BootVolumeDryRun", "would apply") } else { ("BootVolumeApplied", "applied") };
+                let (reason, verb) = if dry_run {
+                    ("BootVolumeDryRun", "would apply")
+                } else {
+                    ("BootVolumeApplied", "applied")
+                };
                 let note = format!("{verb} to Ironic node {}: {}", o.node_uuid, o.changes.join("; "));
                 out.push(event(EventType::Normal, reason, "Apply", note));
             }
@@ -175,7 +203,12 @@ fn events(result: &Result<Outcome, Error>, dry_run: bool) -> Vec<Event> {
                     Blocked::WaitingForPowerOff { .. } => "WaitingForPowerOff",
                     Blocked::InterfaceChangeNotAllowed { .. } => "StorageInterfaceChangeBlocked",
                 };
-                out.push(event(EventType::Warning, reason, "Wait", format!("Ironic node {}: {b}", o.node_uuid)));
+                out.push(event(
+                    EventType::Warning,
+                    reason,
+                    "Wait",
+                    format!("Ironic node {}: {b}", o.node_uuid),
+                ));
             }
             out
         }
@@ -194,14 +227,20 @@ fn truncate(s: String) -> String {
 }
 
 /// The hosts in `store` whose `bootVolume` references Secret `namespace/name`.
-pub fn hosts_referencing(store: &Store<DynamicObject>, namespace: &str, name: &str) -> Vec<ObjectRef<DynamicObject>> {
+pub fn hosts_referencing(
+    store: &Store<DynamicObject>,
+    namespace: &str,
+    name: &str,
+) -> Vec<ObjectRef<DynamicObject>> {
     store
         .state()
         .into_iter()
         .filter(|h| h.namespace().as_deref() == Some(namespace))
         .filter(|h| {
             let raw = serde_json::to_value(h.as_ref()).unwrap_or_default();
-            HostSpec::from_value(&raw).ok().is_some_and(|s| s.secret_name().ok().flatten() == Some(name))
+            HostSpec::from_value(&raw)
+                .ok()
+                .is_some_and(|s| s.secret_name().ok().flatten() == Some(name))
         })
         .map(|h| ObjectRef::from_obj_with(h.as_ref(), host_resource()))
         .collect()
@@ -219,11 +258,18 @@ pub struct ControllerConfig {
 }
 
 /// Runs the controller until `stop` completes, then drains in-flight reconciles.
-pub async fn run_controller(ctx: Arc<Context>, config: &ControllerConfig, stop: impl Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    config: &ControllerConfig,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let ar = host_resource();
     let client = ctx.kube.clone();
     let (hosts, secrets) = match &config.namespace {
-        Some(ns) => (Api::namespaced_with(client.clone(), ns, &ar), Api::namespaced(client, ns)),
+        Some(ns) => (
+            Api::namespaced_with(client.clone(), ns, &ar),
+            Api::namespaced(client, ns),
+        ),
         None => (Api::all_with(client.clone(), &ar), Api::all(client)),
     };
     // Secrets are read as metadata only: their data never sits in the watcher or a Debug.
@@ -236,7 +282,11 @@ pub async fn run_controller(ctx: Arc<Context>, config: &ControllerConfig, stop: 
     let store = controller.store();
     controller
         .watches(secrets, secret_watch, move |s: PartialObjectMeta<Secret>| {
-            hosts_referencing(&store, s.namespace().as_deref().unwrap_or_default(), &s.name_any())
+            hosts_referencing(
+                &store,
+                s.namespace().as_deref().unwrap_or_default(),
+                &s.name_any(),
+            )
         })
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(stop)
@@ -269,12 +319,18 @@ pub type StopSignal = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 /// lost leadership or shutdown, and is started again after leadership comes back. When
 /// `shutdown` turns true the Lease is released, so a standby takes over without waiting
 /// for it to expire.
-pub async fn lead<W, F>(client: Client, config: &LeaseConfig, shutdown: watch::Receiver<bool>, mut work: W) -> Result<(), Error>
+pub async fn lead<W, F>(
+    client: Client,
+    config: &LeaseConfig,
+    shutdown: watch::Receiver<bool>,
+    mut work: W,
+) -> Result<(), Error>
 where
     W: FnMut(StopSignal) -> F,
     F: Future<Output = ()>,
 {
-    let lease_error = |e: kube_lease_manager::LeaseManagerError| Error::Kube(format!("lease {}: {e}", config.name));
+    let lease_error =
+        |e: kube_lease_manager::LeaseManagerError| Error::Kube(format!("lease {}: {e}", config.name));
     let manager = LeaseManagerBuilder::new(client, &config.name)
         .with_namespace(&config.namespace)
         .with_identity(&config.identity)
@@ -333,15 +389,38 @@ mod tests {
         let mut writer = reflector::store::Writer::<DynamicObject>::new(host_resource());
         let reader = writer.as_reader();
         for h in [
-            host("a", "by-name", json!({"volumeDriver": "external", "iscsiCredentialsName": "chap"})),
-            host("a", "by-ref", json!({"volumeDriver": "external", "iscsiTarget": {"authSecretRef": {"name": "chap", "namespace": "a"}}})),
-            host("a", "other-secret", json!({"volumeDriver": "external", "iscsiCredentialsName": "other"})),
-            host("a", "no-auth", json!({"volumeDriver": "external", "iscsiTarget": {"authMethod": "None"}, "iscsiCredentialsName": "chap"})),
-            host("b", "other-ns", json!({"volumeDriver": "external", "iscsiCredentialsName": "chap"})),
+            host(
+                "a",
+                "by-name",
+                json!({"volumeDriver": "external", "iscsiCredentialsName": "chap"}),
+            ),
+            host(
+                "a",
+                "by-ref",
+                json!({"volumeDriver": "external", "iscsiTarget": {"authSecretRef": {"name": "chap", "namespace": "a"}}}),
+            ),
+            host(
+                "a",
+                "other-secret",
+                json!({"volumeDriver": "external", "iscsiCredentialsName": "other"}),
+            ),
+            host(
+                "a",
+                "no-auth",
+                json!({"volumeDriver": "external", "iscsiTarget": {"authMethod": "None"}, "iscsiCredentialsName": "chap"}),
+            ),
+            host(
+                "b",
+                "other-ns",
+                json!({"volumeDriver": "external", "iscsiCredentialsName": "chap"}),
+            ),
         ] {
             writer.apply_watcher_event(&WatchEvent::Apply(h));
         }
-        let mut names: Vec<String> = hosts_referencing(&reader, "a", "chap").into_iter().map(|r| r.name).collect();
+        let mut names: Vec<String> = hosts_referencing(&reader, "a", "chap")
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
         names.sort();
         assert_eq!(names, ["by-name", "by-ref"]);
     }
@@ -361,16 +440,28 @@ mod tests {
         let o = Outcome {
             node_uuid: "n".into(),
             changes: vec!["x".repeat(2000)],
-            blocked: vec![Blocked::WaitingForPowerOff { what: "update".into(), power_state: "power on".into() }],
+            blocked: vec![Blocked::WaitingForPowerOff {
+                what: "update".into(),
+                power_state: "power on".into(),
+            }],
             skipped: None,
         };
         let evs = events(&Ok(o), false);
         let reasons: Vec<&str> = evs.iter().map(|e| e.reason.as_str()).collect();
         assert_eq!(reasons, ["BootVolumeApplied", "WaitingForPowerOff"]);
         assert!(evs[0].note.as_ref().unwrap().len() <= MAX_NOTE);
-        assert!(events(&Ok(Outcome::default()), false).is_empty(), "in sync is silent");
-        let err = Error::SecretNotFound { namespace: "a".into(), name: "chap".into() };
+        assert!(
+            events(&Ok(Outcome::default()), false).is_empty(),
+            "in sync is silent"
+        );
+        let err = Error::SecretNotFound {
+            namespace: "a".into(),
+            name: "chap".into(),
+        };
         let evs = events(&Err(err), false);
-        assert_eq!((evs[0].reason.as_str(), evs[0].type_), ("CredentialsMissing", EventType::Warning));
+        assert_eq!(
+            (evs[0].reason.as_str(), evs[0].type_),
+            ("CredentialsMissing", EventType::Warning)
+        );
     }
 }

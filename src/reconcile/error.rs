@@ -58,7 +58,10 @@ pub enum Error {
 impl Error {
     /// Wraps an Ironic error with what we were doing.
     pub fn ironic(action: impl Into<String>, source: ironic::Error) -> Self {
-        Self::Ironic { action: action.into(), source }
+        Self::Ironic {
+            action: action.into(),
+            source,
+        }
     }
 
     /// A bounded label for `bootvolume_reconcile_total{result}` and event reasons.
@@ -99,7 +102,10 @@ impl Error {
             Self::NodeNotFound { .. } => "NodeNotFound",
             Self::SecretNotFound { .. } | Self::SecretKeyMissing { .. } => "CredentialsMissing",
             Self::Spec(_) => "InvalidBootVolume",
-            Self::Ironic { source: ironic::Error::Transport { .. }, .. } => "IronicUnreachable",
+            Self::Ironic {
+                source: ironic::Error::Transport { .. },
+                ..
+            } => "IronicUnreachable",
             Self::Ironic { .. } => "IronicError",
             Self::Kube(_) => "KubernetesError",
             Self::Input(_) => "InvalidInput",

@@ -48,7 +48,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let reconciles = Family::<ResultLabels, Counter>::default();
-        registry.register("bootvolume_reconcile", "Reconcile passes by result", reconciles.clone());
+        registry.register(
+            "bootvolume_reconcile",
+            "Reconcile passes by result",
+            reconciles.clone(),
+        );
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);
         registry.register_with_unit(
             "bootvolume_reconcile_duration",
@@ -57,26 +61,48 @@ impl Metrics {
             duration.clone(),
         );
         let ironic_requests = Family::<IronicLabels, Counter>::default();
-        registry.register("bootvolume_ironic_requests", "Ironic API requests by method and status", ironic_requests.clone());
-        Self { registry, reconciles, duration, ironic_requests }
+        registry.register(
+            "bootvolume_ironic_requests",
+            "Ironic API requests by method and status",
+            ironic_requests.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            duration,
+            ironic_requests,
+        }
     }
 
     /// Counts one pass.
     pub fn record_reconcile(&self, result: &str, elapsed: Duration) {
-        self.reconciles.get_or_create(&ResultLabels { result: result.into() }).inc();
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
 
     /// Passes counted so far with `result` (tests assert on it).
     pub fn reconciles(&self, result: &str) -> u64 {
-        self.reconciles.get_or_create(&ResultLabels { result: result.into() }).get()
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .get()
     }
 
     /// A hook for [`crate::ironic::IronicClient::with_observer`].
     pub fn ironic_observer(self: &Arc<Self>) -> RequestObserver {
         let me = Arc::clone(self);
         Arc::new(move |method: &str, code: &str| {
-            me.ironic_requests.get_or_create(&IronicLabels { method: method.into(), code: code.into() }).inc();
+            me.ironic_requests
+                .get_or_create(&IronicLabels {
+                    method: method.into(),
+                    code: code.into(),
+                })
+                .inc();
         })
     }
 
@@ -97,7 +123,13 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             get(move || {
                 let body = metrics.encode();
                 async move {
-                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
                         .into_response()
                 }
             }),

@@ -7,8 +7,8 @@
 pub mod apply;
 pub mod cli;
 pub mod controller;
-pub mod metrics;
 mod error;
+pub mod metrics;
 pub mod oneshot;
 pub mod plan;
 

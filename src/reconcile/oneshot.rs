@@ -4,7 +4,10 @@
 //! (`data` base64 or `stringData`). Every change is printed on stdout, problems on stderr;
 //! the exit code tells scripts what happened ([`ExitStatus`]).
 
-use super::{Error, apply::{self, HostSpec}};
+use super::{
+    Error,
+    apply::{self, HostSpec},
+};
 use crate::ironic::IronicClient;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
@@ -31,15 +34,24 @@ pub fn read_inputs(files: &[PathBuf]) -> Result<Inputs, Error> {
             std::fs::read_to_string(path)
         }
         .map_err(|e| Error::Input(format!("{shown}: {e}")))?;
-        let docs: Vec<Value> =
-            serde_saphyr::from_multiple(&text).map_err(|e| Error::Input(format!("{shown}: not YAML/JSON: {e}")))?;
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .map_err(|e| Error::Input(format!("{shown}: not YAML/JSON: {e}")))?;
         let mut queue: Vec<Value> = docs;
         while let Some(doc) = queue.pop() {
             match doc.get("kind").and_then(Value::as_str) {
-                Some("List") => queue.extend(doc.get("items").and_then(Value::as_array).cloned().unwrap_or_default()),
+                Some("List") => queue.extend(
+                    doc.get("items")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
                 Some(crate::api::KIND) => inputs.hosts.push((shown.clone(), doc)),
                 Some("Secret") => {
-                    let meta = |k: &str| doc.pointer(&format!("/metadata/{k}")).and_then(Value::as_str).map(str::to_owned);
+                    let meta = |k: &str| {
+                        doc.pointer(&format!("/metadata/{k}"))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    };
                     let name = meta("name").unwrap_or_default();
                     let namespace = meta("namespace").unwrap_or_else(|| "default".into());
                     // The serde error names the field, never its value.
@@ -81,7 +93,11 @@ impl ExitStatus {
 
     /// The worse of two statuses.
     pub fn max(self, other: Self) -> Self {
-        if other.severity() > self.severity() { other } else { self }
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
     }
 
     /// The process exit code.
@@ -105,12 +121,19 @@ pub async fn run(
     }
     for (file, raw) in &inputs.hosts {
         let (label, result) = match HostSpec::from_value(raw) {
-            Ok(host) => (format!("{file}: BareMetalHost {}/{}", host.namespace, host.name), one(client, inputs, &host, dry_run).await),
+            Ok(host) => (
+                format!("{file}: BareMetalHost {}/{}", host.namespace, host.name),
+                one(client, inputs, &host, dry_run).await,
+            ),
             Err(e) => (format!("{file}: BareMetalHost"), Err(e)),
         };
         let host_status = match result {
             Ok(outcome) => {
-                let node = if outcome.node_uuid.is_empty() { String::new() } else { format!(" node {}", outcome.node_uuid) };
+                let node = if outcome.node_uuid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" node {}", outcome.node_uuid)
+                };
                 let verb = if dry_run { "would" } else { "did" };
                 for change in &outcome.changes {
                     writeln!(out, "{label}:{node}: {verb} {change}")?;
@@ -152,7 +175,12 @@ pub async fn run(
     Ok(status)
 }
 
-async fn one(client: &IronicClient, inputs: &Inputs, host: &HostSpec, dry_run: bool) -> Result<apply::Outcome, Error> {
+async fn one(
+    client: &IronicClient,
+    inputs: &Inputs,
+    host: &HostSpec,
+    dry_run: bool,
+) -> Result<apply::Outcome, Error> {
     if host.skip.is_some() {
         return apply::apply(client, host, None, dry_run).await;
     }

@@ -95,7 +95,10 @@ pub fn credential_source(bv: &BootVolume) -> Result<CredentialSource<'_>, SpecEr
         return Ok(CredentialSource::Secret(name));
     }
     let target = bv.iscsi_target.as_ref();
-    match (target.and_then(|t| t.auth_user.clone()), target.and_then(|t| t.auth_passwd.clone())) {
+    match (
+        target.and_then(|t| t.auth_user.clone()),
+        target.and_then(|t| t.auth_passwd.clone()),
+    ) {
         (Some(username), Some(password)) => Ok(CredentialSource::Inline(Credentials { username, password })),
         _ => Err(SpecError::MissingCredentials),
     }
@@ -104,18 +107,29 @@ pub fn credential_source(bv: &BootVolume) -> Result<CredentialSource<'_>, SpecEr
 impl Desired {
     /// The desired node state for a host's `bootVolume`, given its resolved credentials.
     pub fn from_boot_volume(bv: &BootVolume, credentials: Option<Credentials>) -> Result<Self, SpecError> {
-        let driver = bv.volume_driver.clone().ok_or(SpecError::Missing("volumeDriver"))?;
+        let driver = bv
+            .volume_driver
+            .clone()
+            .ok_or(SpecError::Missing("volumeDriver"))?;
         let connector_id = bv.connector_id.clone().ok_or(SpecError::Missing("connectorId"))?;
         let volume_id = bv.volume_id.clone().ok_or(SpecError::Missing("volumeId"))?;
         if let Some(t) = bv.target_type.as_deref().filter(|t| *t != TARGET_TYPE_ISCSI) {
-            return Err(SpecError::Unsupported { field: "targetType", value: t.to_owned() });
+            return Err(SpecError::Unsupported {
+                field: "targetType",
+                value: t.to_owned(),
+            });
         }
         let (properties, credentials) = match driver.as_str() {
             "cinder" => (None, None),
             "external" => {
-                let target = bv.iscsi_target.as_ref().ok_or(SpecError::Missing("iscsiTarget"))?;
+                let target = bv
+                    .iscsi_target
+                    .as_ref()
+                    .ok_or(SpecError::Missing("iscsiTarget"))?;
                 let iqn = target.iqn.clone().ok_or(SpecError::Missing("iscsiTarget.iqn"))?;
-                let portal = bv.portal_with_port().ok_or(SpecError::Missing("iscsiTarget.portal"))?;
+                let portal = bv
+                    .portal_with_port()
+                    .ok_or(SpecError::Missing("iscsiTarget.portal"))?;
                 let method = bv.effective_auth_method();
                 let mut props = Map::new();
                 props.insert("target_iqn".into(), json!(iqn));
@@ -132,9 +146,20 @@ impl Desired {
                 };
                 (Some(props), credentials)
             }
-            other => return Err(SpecError::Unsupported { field: "volumeDriver", value: other.to_owned() }),
+            other => {
+                return Err(SpecError::Unsupported {
+                    field: "volumeDriver",
+                    value: other.to_owned(),
+                });
+            }
         };
-        Ok(Self { storage_interface: driver, connector_id, volume_id, properties, credentials })
+        Ok(Self {
+            storage_interface: driver,
+            connector_id,
+            volume_id,
+            properties,
+            credentials,
+        })
     }
 
     /// The digest recorded in the target's `extra`, salted with the node UUID so equal
@@ -228,7 +253,10 @@ pub enum Action {
 impl Action {
     /// Whether Ironic requires the node powered off (or in enroll/manageable, for deletes).
     pub fn is_state_restricted(&self) -> bool {
-        !matches!(self, Self::PatchNode { .. } | Self::CreateConnector(_) | Self::CreateTarget(_))
+        !matches!(
+            self,
+            Self::PatchNode { .. } | Self::CreateConnector(_) | Self::CreateTarget(_)
+        )
     }
 }
 
@@ -240,11 +268,19 @@ impl fmt::Display for Action {
             Self::PatchConnector { from, to, .. } => write!(f, "update volume connector {from} -> {to}"),
             Self::DeleteConnector { connector_id, .. } => write!(f, "delete volume connector {connector_id}"),
             Self::CreateTarget(t) => {
-                write!(f, "create volume target boot_index {} {} {}", t.boot_index, t.volume_type, t.volume_id)?;
+                write!(
+                    f,
+                    "create volume target boot_index {} {} {}",
+                    t.boot_index, t.volume_type, t.volume_id
+                )?;
                 describe_properties(f, &t.properties)
             }
             Self::PatchTarget { changes, .. } => write!(f, "update volume target: {}", changes.join(", ")),
-            Self::DeleteTarget { volume_id, boot_index, .. } => {
+            Self::DeleteTarget {
+                volume_id,
+                boot_index,
+                ..
+            } => {
                 write!(f, "delete volume target boot_index {boot_index} {volume_id}")
             }
         }
@@ -255,7 +291,9 @@ impl fmt::Debug for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let paths = |ops: &[PatchOp]| ops.iter().map(PatchOp::path).collect::<Vec<_>>().join(" ");
         match self {
-            Self::PatchNode { ops, .. } | Self::PatchConnector { ops, .. } | Self::PatchTarget { ops, .. } => {
+            Self::PatchNode { ops, .. }
+            | Self::PatchConnector { ops, .. }
+            | Self::PatchTarget { ops, .. } => {
                 write!(f, "{self} [{}]", paths(ops))
             }
             _ => write!(f, "{self}"),
@@ -266,9 +304,19 @@ impl fmt::Debug for Action {
 fn describe_properties(f: &mut fmt::Formatter<'_>, props: &Map<String, Value>) -> fmt::Result {
     let shown: Vec<String> = props
         .iter()
-        .map(|(k, v)| if k == PASSWORD_KEY { format!("{k}=<redacted>") } else { format!("{k}={v}") })
+        .map(|(k, v)| {
+            if k == PASSWORD_KEY {
+                format!("{k}=<redacted>")
+            } else {
+                format!("{k}={v}")
+            }
+        })
         .collect();
-    if shown.is_empty() { Ok(()) } else { write!(f, " ({})", shown.join(" ")) }
+    if shown.is_empty() {
+        Ok(())
+    } else {
+        write!(f, " ({})", shown.join(" "))
+    }
 }
 
 /// A change Ironic will not accept in the node's current state: report it, retry later.
@@ -297,9 +345,16 @@ impl fmt::Display for Blocked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::WaitingForPowerOff { what, power_state } => {
-                write!(f, "waiting for the node to be powered off to {what} (power state: {power_state})")
+                write!(
+                    f,
+                    "waiting for the node to be powered off to {what} (power state: {power_state})"
+                )
             }
-            Self::InterfaceChangeNotAllowed { from, to, provision_state } => write!(
+            Self::InterfaceChangeNotAllowed {
+                from,
+                to,
+                provision_state,
+            } => write!(
                 f,
                 "cannot change storage_interface {from} -> {to} while the node is {provision_state}; \
                  it needs enroll, manageable, available or maintenance mode"
@@ -341,14 +396,20 @@ impl Permissions {
             update: power_off,
             delete: power_off || matches!(state, "enroll" | "manageable" | "adopt failed"),
             interface_change: node.maintenance
-                || matches!(state, "enroll" | "inspecting" | "inspect wait" | "manageable" | "available"),
+                || matches!(
+                    state,
+                    "enroll" | "inspecting" | "inspect wait" | "manageable" | "available"
+                ),
             power_state: node.power_state.clone().unwrap_or_else(|| "None".into()),
             provision_state: state.to_owned(),
         }
     }
 
     fn wait(&self, what: impl Into<String>) -> Blocked {
-        Blocked::WaitingForPowerOff { what: what.into(), power_state: self.power_state.clone() }
+        Blocked::WaitingForPowerOff {
+            what: what.into(),
+            power_state: self.power_state.clone(),
+        }
     }
 }
 
@@ -384,7 +445,10 @@ fn plan_node(desired: Option<&Desired>, current: &Current, perms: &Permissions, 
     let have_interface = node.storage_interface.as_deref().unwrap_or(NOOP_STORAGE);
     if want_interface != have_interface {
         if perms.interface_change {
-            ops.push(PatchOp::Replace { path: "/storage_interface".into(), value: json!(want_interface) });
+            ops.push(PatchOp::Replace {
+                path: "/storage_interface".into(),
+                value: json!(want_interface),
+            });
             changes.push(format!("storage_interface {have_interface} -> {want_interface}"));
         } else {
             out.blocked.push(Blocked::InterfaceChangeNotAllowed {
@@ -398,18 +462,29 @@ fn plan_node(desired: Option<&Desired>, current: &Current, perms: &Permissions, 
     let new_caps = with_capability(caps, ISCSI_BOOT_CAPABILITY, desired.map(|_| "True"));
     if new_caps != caps {
         let path = "/properties/capabilities".to_owned();
-        ops.push(match (node.properties.contains_key("capabilities"), new_caps.is_empty()) {
-            (true, true) => PatchOp::Remove { path },
-            (true, false) => PatchOp::Replace { path, value: json!(new_caps) },
-            (false, _) => PatchOp::Add { path, value: json!(new_caps) },
-        });
+        ops.push(
+            match (node.properties.contains_key("capabilities"), new_caps.is_empty()) {
+                (true, true) => PatchOp::Remove { path },
+                (true, false) => PatchOp::Replace {
+                    path,
+                    value: json!(new_caps),
+                },
+                (false, _) => PatchOp::Add {
+                    path,
+                    value: json!(new_caps),
+                },
+            },
+        );
         changes.push(format!("capabilities {caps:?} -> {new_caps:?}"));
     }
     let marked = is_managed(&node.extra);
     let path = format!("/extra/{MANAGED_KEY}");
     match desired {
         Some(_) if !marked => {
-            ops.push(PatchOp::Add { path, value: Value::Bool(true) });
+            ops.push(PatchOp::Add {
+                path,
+                value: Value::Bool(true),
+            });
             changes.push("mark as managed by bootvolume".into());
         }
         // The marker goes last, once nothing is left to undo, so an interrupted removal resumes.
@@ -420,13 +495,21 @@ fn plan_node(desired: Option<&Desired>, current: &Current, perms: &Permissions, 
         _ => {}
     }
     if !ops.is_empty() {
-        out.actions.push(Action::PatchNode { uuid: node.uuid.clone(), ops, changes });
+        out.actions.push(Action::PatchNode {
+            uuid: node.uuid.clone(),
+            ops,
+            changes,
+        });
     }
 }
 
 /// Exactly one iqn connector with the desired initiator name.
 fn plan_connectors(d: &Desired, current: &Current, perms: &Permissions, out: &mut Plan) {
-    let iqns: Vec<&Connector> = current.connectors.iter().filter(|c| c.kind == CONNECTOR_IQN).collect();
+    let iqns: Vec<&Connector> = current
+        .connectors
+        .iter()
+        .filter(|c| c.kind == CONNECTOR_IQN)
+        .collect();
     let keep = iqns.iter().position(|c| c.connector_id == d.connector_id);
     let new = || {
         Action::CreateConnector(NewConnector {
@@ -436,11 +519,19 @@ fn plan_connectors(d: &Desired, current: &Current, perms: &Permissions, out: &mu
             extra: managed_extra(),
         })
     };
-    let delete = |c: &Connector| Action::DeleteConnector { uuid: c.uuid.clone(), connector_id: c.connector_id.clone() };
+    let delete = |c: &Connector| Action::DeleteConnector {
+        uuid: c.uuid.clone(),
+        connector_id: c.connector_id.clone(),
+    };
     match keep {
         Some(i) => {
             for c in iqns.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| c) {
-                delete_or_wait(perms, out, delete(c), format!("delete extra connector {}", c.connector_id));
+                delete_or_wait(
+                    perms,
+                    out,
+                    delete(c),
+                    format!("delete extra connector {}", c.connector_id),
+                );
             }
         }
         None if iqns.is_empty() => out.actions.push(new()),
@@ -449,8 +540,14 @@ fn plan_connectors(d: &Desired, current: &Current, perms: &Permissions, out: &mu
             out.actions.push(Action::PatchConnector {
                 uuid: first.uuid.clone(),
                 ops: vec![
-                    PatchOp::Replace { path: "/connector_id".into(), value: json!(d.connector_id) },
-                    PatchOp::Add { path: format!("/extra/{MANAGED_KEY}"), value: Value::Bool(true) },
+                    PatchOp::Replace {
+                        path: "/connector_id".into(),
+                        value: json!(d.connector_id),
+                    },
+                    PatchOp::Add {
+                        path: format!("/extra/{MANAGED_KEY}"),
+                        value: Value::Bool(true),
+                    },
                 ],
                 from: first.connector_id.clone(),
                 to: d.connector_id.clone(),
@@ -464,7 +561,9 @@ fn plan_connectors(d: &Desired, current: &Current, perms: &Permissions, out: &mu
             out.actions.extend(iqns.iter().map(|c| delete(c)));
             out.actions.push(new());
         }
-        None => out.blocked.push(perms.wait(format!("change the connector to {}", d.connector_id))),
+        None => out
+            .blocked
+            .push(perms.wait(format!("change the connector to {}", d.connector_id))),
     }
 }
 
@@ -473,7 +572,12 @@ fn plan_targets(d: &Desired, current: &Current, perms: &Permissions, out: &mut P
     let node_uuid = &current.node.uuid;
     let digest = d.credentials_digest(node_uuid);
     for t in current.targets.iter().filter(|t| t.boot_index != 0) {
-        delete_or_wait(perms, out, delete_target(t), format!("delete extra target boot_index {}", t.boot_index));
+        delete_or_wait(
+            perms,
+            out,
+            delete_target(t),
+            format!("delete extra target boot_index {}", t.boot_index),
+        );
     }
     let create = || {
         let mut extra = managed_extra();
@@ -498,21 +602,34 @@ fn plan_targets(d: &Desired, current: &Current, perms: &Permissions, out: &mut P
         return;
     }
     if perms.update {
-        out.actions.push(Action::PatchTarget { uuid: t.uuid.clone(), ops, changes });
+        out.actions.push(Action::PatchTarget {
+            uuid: t.uuid.clone(),
+            ops,
+            changes,
+        });
     } else if perms.delete {
         out.actions.push(delete_target(t));
         out.actions.push(create());
     } else {
-        out.blocked.push(perms.wait(format!("update the volume target ({})", changes.join(", "))));
+        out.blocked
+            .push(perms.wait(format!("update the volume target ({})", changes.join(", "))));
     }
 }
 
 fn delete_target(t: &Target) -> Action {
-    Action::DeleteTarget { uuid: t.uuid.clone(), volume_id: t.volume_id.clone(), boot_index: t.boot_index }
+    Action::DeleteTarget {
+        uuid: t.uuid.clone(),
+        volume_id: t.volume_id.clone(),
+        boot_index: t.boot_index,
+    }
 }
 
 fn delete_or_wait(perms: &Permissions, out: &mut Plan, action: Action, what: String) {
-    if perms.delete { out.actions.push(action) } else { out.blocked.push(perms.wait(what)) }
+    if perms.delete {
+        out.actions.push(action)
+    } else {
+        out.blocked.push(perms.wait(what))
+    }
 }
 
 /// PATCH operations turning target `t` into the desired one (empty: in sync).
@@ -521,7 +638,10 @@ fn target_diff(d: &Desired, t: &Target, digest: Option<&str>) -> (Vec<PatchOp>, 
     let mut changes = Vec::new();
     let mut replace = |field: &str, old: &str, new: &str| {
         if old != new {
-            ops.push(PatchOp::Replace { path: format!("/{field}"), value: json!(new) });
+            ops.push(PatchOp::Replace {
+                path: format!("/{field}"),
+                value: json!(new),
+            });
             changes.push(format!("{field} {old} -> {new}"));
         }
     };
@@ -538,7 +658,11 @@ fn target_diff(d: &Desired, t: &Target, digest: Option<&str>) -> (Vec<PatchOp>, 
                 .filter(|(k, v)| have.get(k.as_str()) != Some(*v))
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
-            what.extend(have.keys().filter(|k| !want.contains_key(k.as_str())).map(|k| format!("-{k}")));
+            what.extend(
+                have.keys()
+                    .filter(|k| !want.contains_key(k.as_str()))
+                    .map(|k| format!("-{k}")),
+            );
             if !creds_current {
                 what.push("CHAP credentials".into());
             }
@@ -549,14 +673,20 @@ fn target_diff(d: &Desired, t: &Target, digest: Option<&str>) -> (Vec<PatchOp>, 
             changes.push(format!("properties ({})", what.join(" ")));
             let path = format!("/extra/{CREDENTIALS_KEY}");
             match (digest, have_digest) {
-                (Some(new), _) => ops.push(PatchOp::Add { path, value: json!(new) }),
+                (Some(new), _) => ops.push(PatchOp::Add {
+                    path,
+                    value: json!(new),
+                }),
                 (None, Some(_)) => ops.push(PatchOp::Remove { path }),
                 (None, None) => {}
             }
         }
     }
     if !ops.is_empty() && !is_managed(&t.extra) {
-        ops.push(PatchOp::Add { path: format!("/extra/{MANAGED_KEY}"), value: Value::Bool(true) });
+        ops.push(PatchOp::Add {
+            path: format!("/extra/{MANAGED_KEY}"),
+            value: Value::Bool(true),
+        });
     }
     (ops, changes)
 }
@@ -564,19 +694,34 @@ fn target_diff(d: &Desired, t: &Target, digest: Option<&str>) -> (Vec<PatchOp>, 
 /// `bootVolume` removed: undo what we did, only where we did it.
 fn plan_removal(current: &Current, perms: &Permissions, out: &mut Plan) {
     let targets: Vec<&Target> = current.targets.iter().filter(|t| is_managed(&t.extra)).collect();
-    let connectors: Vec<&Connector> = current.connectors.iter().filter(|c| is_managed(&c.extra)).collect();
+    let connectors: Vec<&Connector> = current
+        .connectors
+        .iter()
+        .filter(|c| is_managed(&c.extra))
+        .collect();
     if !is_managed(&current.node.extra) && targets.is_empty() && connectors.is_empty() {
         return;
     }
     for t in targets {
-        delete_or_wait(perms, out, delete_target(t), format!("delete target {}", t.volume_id));
+        delete_or_wait(
+            perms,
+            out,
+            delete_target(t),
+            format!("delete target {}", t.volume_id),
+        );
     }
     for c in connectors {
-        let action = Action::DeleteConnector { uuid: c.uuid.clone(), connector_id: c.connector_id.clone() };
+        let action = Action::DeleteConnector {
+            uuid: c.uuid.clone(),
+            connector_id: c.connector_id.clone(),
+        };
         delete_or_wait(perms, out, action, format!("delete connector {}", c.connector_id));
     }
     // Node changes go after the deletes when executing; Ironic validates nothing here.
-    let mut node_plan = Plan { actions: Vec::new(), blocked: std::mem::take(&mut out.blocked) };
+    let mut node_plan = Plan {
+        actions: Vec::new(),
+        blocked: std::mem::take(&mut out.blocked),
+    };
     plan_node(None, current, perms, &mut node_plan);
     out.blocked = node_plan.blocked;
     out.actions.extend(node_plan.actions);
@@ -591,12 +736,21 @@ pub fn with_capability(caps: &str, key: &str, value: Option<&str>) -> String {
     let found: Vec<&str> = parts.iter().copied().filter(is_key).collect();
     let in_sync = match value {
         None => found.is_empty(),
-        Some(v) => found.len() == 1 && found[0].split_once(':').is_some_and(|(_, x)| x.trim().eq_ignore_ascii_case(v)),
+        Some(v) => {
+            found.len() == 1
+                && found[0]
+                    .split_once(':')
+                    .is_some_and(|(_, x)| x.trim().eq_ignore_ascii_case(v))
+        }
     };
     if in_sync {
         return caps.to_owned();
     }
-    let mut kept: Vec<String> = parts.iter().filter(|p| !is_key(p)).map(|p| (*p).to_owned()).collect();
+    let mut kept: Vec<String> = parts
+        .iter()
+        .filter(|p| !is_key(p))
+        .map(|p| (*p).to_owned())
+        .collect();
     if let Some(v) = value {
         kept.push(format!("{key}:{v}"));
     }

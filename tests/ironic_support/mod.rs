@@ -33,7 +33,10 @@ pub fn ironic() -> Ironic {
                 BOOTVOLUME_TEST_IRONIC_HTTP_ROOT for an Ironic started with scripts/ironic-standalone.sh";
     let url = std::env::var("BOOTVOLUME_TEST_IRONIC_URL").unwrap_or_else(|_| panic!("{help}"));
     let http_root = std::env::var("BOOTVOLUME_TEST_IRONIC_HTTP_ROOT").unwrap_or_else(|_| panic!("{help}"));
-    Ironic { url, http_root: http_root.into() }
+    Ironic {
+        url,
+        http_root: http_root.into(),
+    }
 }
 
 /// A fresh client (with its own call counters).
@@ -47,7 +50,11 @@ pub fn unique_namespace() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let seed = std::hash::BuildHasher::hash_one(
         &std::collections::hash_map::RandomState::new(),
-        (std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), Instant::now()),
+        (
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            Instant::now(),
+        ),
     );
     format!("ns-{seed:016x}")
 }
@@ -57,13 +64,18 @@ pub fn unique_namespace() -> String {
 pub async fn enroll(c: &IronicClient, ns: &str, extra: Value) -> String {
     let mut body = json!({"name": format!("{ns}~host"), "driver": "fake-hardware"});
     json_patch::merge(&mut body, &extra);
-    let node: Value = c.send(Method::POST, "/v1/nodes", Some(&body)).await.expect("enroll node");
+    let node: Value = c
+        .send(Method::POST, "/v1/nodes", Some(&body))
+        .await
+        .expect("enroll node");
     node["uuid"].as_str().expect("uuid").to_owned()
 }
 
 /// The whole node as Ironic returns it (includes `updated_at`, `driver_internal_info`).
 pub async fn node(c: &IronicClient, uuid: &str) -> Value {
-    c.send(Method::GET, &format!("/v1/nodes/{uuid}"), None::<&()>).await.expect("get node")
+    c.send(Method::GET, &format!("/v1/nodes/{uuid}"), None::<&()>)
+        .await
+        .expect("get node")
 }
 
 /// Waits until `field` of the node equals `want` (Ironic's state changes are asynchronous).
@@ -86,23 +98,34 @@ pub async fn wait_for(c: &IronicClient, uuid: &str, field: &str, want: &str) -> 
 
 /// Sets the (fake) power state and waits for it.
 pub async fn power(c: &IronicClient, uuid: &str, state: &str) {
-    c.send_with_body(Method::PUT, &format!("/v1/nodes/{uuid}/states/power"), &json!({"target": state}))
-        .await
-        .expect("power action");
+    c.send_with_body(
+        Method::PUT,
+        &format!("/v1/nodes/{uuid}/states/power"),
+        &json!({"target": state}),
+    )
+    .await
+    .expect("power action");
     wait_for(c, uuid, "power_state", state).await;
 }
 
 /// Runs a provision action (`manage`, `provide`, `active`, `deleted`) and waits for `reach`.
 pub async fn provision(c: &IronicClient, uuid: &str, target: &str, reach: &str) -> Value {
-    c.send_with_body(Method::PUT, &format!("/v1/nodes/{uuid}/states/provision"), &json!({"target": target}))
-        .await
-        .unwrap_or_else(|e| panic!("provision {target}: {e}"));
+    c.send_with_body(
+        Method::PUT,
+        &format!("/v1/nodes/{uuid}/states/provision"),
+        &json!({"target": target}),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("provision {target}: {e}"));
     wait_for(c, uuid, "provision_state", reach).await
 }
 
 /// The node's connectors and targets (detail view).
 pub async fn volumes(c: &IronicClient, uuid: &str) -> (Vec<Connector>, Vec<Target>) {
-    (c.list_connectors(uuid).await.expect("connectors"), c.list_targets(uuid).await.expect("targets"))
+    (
+        c.list_connectors(uuid).await.expect("connectors"),
+        c.list_targets(uuid).await.expect("targets"),
+    )
 }
 
 /// `updated_at` of the node, its connectors and its targets: equal snapshots mean no write.
@@ -182,7 +205,10 @@ pub fn secret(ns: &str, name: &str, username: &str, password: &str) -> Value {
 pub fn manifest(docs: &[Value]) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("hosts.yaml");
-    let text: Vec<String> = docs.iter().map(|d| serde_json::to_string_pretty(d).unwrap()).collect();
+    let text: Vec<String> = docs
+        .iter()
+        .map(|d| serde_json::to_string_pretty(d).unwrap())
+        .collect();
     std::fs::write(&path, text.join("\n---\n")).expect("write manifest");
     (dir, path)
 }

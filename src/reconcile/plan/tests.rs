@@ -16,7 +16,10 @@ fn bv_external() -> BootVolume {
             iqn: Some("iqn.2010-10.com.example:vol-1".into()),
             portal: Some("192.0.2.10".into()),
             lun: Some(3),
-            auth_secret_ref: Some(SecretRef { name: Some("chap".into()), namespace: Some("ns".into()) }),
+            auth_secret_ref: Some(SecretRef {
+                name: Some("chap".into()),
+                namespace: Some("ns".into()),
+            }),
             ..Default::default()
         }),
         iscsi_credentials_name: Some("chap".into()),
@@ -24,7 +27,10 @@ fn bv_external() -> BootVolume {
 }
 
 fn creds(pw: &str) -> Option<Credentials> {
-    Some(Credentials { username: "chapuser".into(), password: Sensitive::new(pw) })
+    Some(Credentials {
+        username: "chapuser".into(),
+        password: Sensitive::new(pw),
+    })
 }
 
 fn desired_external() -> Desired {
@@ -96,7 +102,10 @@ fn simulate(current: &Current, actions: &[Action]) -> Current {
             }
             Action::DeleteConnector { uuid, .. } => c.connectors.retain(|x| &x.uuid != uuid),
             Action::CreateTarget(n) => {
-                assert!(c.targets.iter().all(|t| t.boot_index != n.boot_index), "Ironic would answer 409");
+                assert!(
+                    c.targets.iter().all(|t| t.boot_index != n.boot_index),
+                    "Ironic would answer 409"
+                );
                 c.targets.push(mask(Target {
                     uuid: format!("t-{i}"),
                     node_uuid: n.node_uuid.clone(),
@@ -147,7 +156,9 @@ fn kinds(p: &Plan) -> Vec<&'static str> {
 fn first_pass_configures_everything_with_integer_lun_and_credentials() {
     let p = plan(Some(&desired_external()), &node("enroll", None));
     assert_eq!(kinds(&p), ["patch_node", "create_connector", "create_target"]);
-    let Action::PatchNode { ops, .. } = &p.actions[0] else { unreachable!() };
+    let Action::PatchNode { ops, .. } = &p.actions[0] else {
+        unreachable!()
+    };
     assert_eq!(
         serde_json::to_value(ops).unwrap(),
         json!([
@@ -156,10 +167,20 @@ fn first_pass_configures_everything_with_integer_lun_and_credentials() {
             {"op": "add", "path": "/extra/bootvolume_managed", "value": true},
         ])
     );
-    let Action::CreateConnector(c) = &p.actions[1] else { unreachable!() };
-    assert_eq!((c.kind.as_str(), c.connector_id.as_str()), ("iqn", "iqn.2004-10.com.example:host-0"));
-    let Action::CreateTarget(t) = &p.actions[2] else { unreachable!() };
-    assert_eq!((t.boot_index, t.volume_type.as_str(), t.volume_id.as_str()), (0, "iscsi", "vol-1"));
+    let Action::CreateConnector(c) = &p.actions[1] else {
+        unreachable!()
+    };
+    assert_eq!(
+        (c.kind.as_str(), c.connector_id.as_str()),
+        ("iqn", "iqn.2004-10.com.example:host-0")
+    );
+    let Action::CreateTarget(t) = &p.actions[2] else {
+        unreachable!()
+    };
+    assert_eq!(
+        (t.boot_index, t.volume_type.as_str(), t.volume_id.as_str()),
+        (0, "iscsi", "vol-1")
+    );
     assert_eq!(
         Value::Object(t.properties.clone()),
         json!({
@@ -195,9 +216,15 @@ fn every_desired_state_converges_in_one_pass_from_every_node_state() {
 #[test]
 fn other_capabilities_are_kept() {
     let mut start = node("manageable", None);
-    start.node.properties.insert("capabilities".into(), json!("boot_mode:uefi,cpu_vt:true"));
+    start
+        .node
+        .properties
+        .insert("capabilities".into(), json!("boot_mode:uefi,cpu_vt:true"));
     let done = converge(Some(&desired_external()), &start);
-    assert_eq!(done.node.capabilities(), "boot_mode:uefi,cpu_vt:true,iscsi_boot:True");
+    assert_eq!(
+        done.node.capabilities(),
+        "boot_mode:uefi,cpu_vt:true,iscsi_boot:True"
+    );
     let removed = converge(None, &done);
     assert_eq!(removed.node.capabilities(), "boot_mode:uefi,cpu_vt:true");
 }
@@ -207,9 +234,17 @@ fn capability_string_table() {
     let cases = [
         ("", Some("True"), "iscsi_boot:True"),
         ("boot_mode:uefi", Some("True"), "boot_mode:uefi,iscsi_boot:True"),
-        ("iscsi_boot:True,boot_mode:uefi", Some("True"), "iscsi_boot:True,boot_mode:uefi"),
+        (
+            "iscsi_boot:True,boot_mode:uefi",
+            Some("True"),
+            "iscsi_boot:True,boot_mode:uefi",
+        ),
         ("iscsi_boot:true", Some("True"), "iscsi_boot:true"),
-        ("boot_mode:uefi, iscsi_boot:False", Some("True"), "boot_mode:uefi,iscsi_boot:True"),
+        (
+            "boot_mode:uefi, iscsi_boot:False",
+            Some("True"),
+            "boot_mode:uefi,iscsi_boot:True",
+        ),
         ("iscsi_boot:True,iscsi_boot:True", Some("True"), "iscsi_boot:True"),
         ("boot_mode:uefi,iscsi_boot:True", None, "boot_mode:uefi"),
         ("iscsi_boot:True", None, ""),
@@ -217,7 +252,11 @@ fn capability_string_table() {
         ("", None, ""),
     ];
     for (caps, value, want) in cases {
-        assert_eq!(with_capability(caps, ISCSI_BOOT_CAPABILITY, value), want, "{caps:?} {value:?}");
+        assert_eq!(
+            with_capability(caps, ISCSI_BOOT_CAPABILITY, value),
+            want,
+            "{caps:?} {value:?}"
+        );
     }
 }
 
@@ -250,7 +289,9 @@ fn lun_change_depends_on_node_state() {
             let after = converge(Some(&want), &current);
             assert_eq!(after.targets[0].properties["target_lun"], json!(7));
         } else {
-            assert!(matches!(&p.blocked[0], Blocked::WaitingForPowerOff { power_state, .. } if power_state == "power on"));
+            assert!(
+                matches!(&p.blocked[0], Blocked::WaitingForPowerOff { power_state, .. } if power_state == "power on")
+            );
         }
     }
 }
@@ -263,7 +304,9 @@ fn chap_rotation_resends_and_same_secret_does_not() {
     let rotated = Desired::from_boot_volume(&bv_external(), creds("n3w-pw")).unwrap();
     let p = plan(Some(&rotated), &configured);
     assert_eq!(kinds(&p), ["patch_target"]);
-    let Action::PatchTarget { ops, changes, .. } = &p.actions[0] else { unreachable!() };
+    let Action::PatchTarget { ops, changes, .. } = &p.actions[0] else {
+        unreachable!()
+    };
     let body = serde_json::to_string(ops).unwrap();
     assert!(body.contains("n3w-pw") && body.contains(CREDENTIALS_KEY));
     assert_eq!(changes, &["properties (CHAP credentials)"]);
@@ -271,7 +314,11 @@ fn chap_rotation_resends_and_same_secret_does_not() {
     // A changed user name is a rotation too.
     let mut renamed = rotated.clone();
     renamed.credentials.as_mut().unwrap().username = "other".into();
-    renamed.properties.as_mut().unwrap().insert("auth_username".into(), json!("other"));
+    renamed
+        .properties
+        .as_mut()
+        .unwrap()
+        .insert("auth_username".into(), json!("other"));
     assert_eq!(kinds(&plan(Some(&renamed), &configured)), ["patch_target"]);
 }
 
@@ -279,8 +326,13 @@ fn chap_rotation_resends_and_same_secret_does_not() {
 fn switching_chap_off_removes_credentials_and_digest() {
     let configured = converge(Some(&desired_external()), &node("available", Some("power off")));
     let p = plan(Some(&desired_no_auth()), &configured);
-    let Action::PatchTarget { ops, .. } = &p.actions[0] else { panic!("{p:?}") };
-    assert!(ops.iter().any(|o| matches!(o, PatchOp::Remove { path } if path.ends_with(CREDENTIALS_KEY))));
+    let Action::PatchTarget { ops, .. } = &p.actions[0] else {
+        panic!("{p:?}")
+    };
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, PatchOp::Remove { path } if path.ends_with(CREDENTIALS_KEY)))
+    );
     let done = converge(Some(&desired_no_auth()), &configured);
     assert!(!done.targets[0].properties.contains_key(PASSWORD_KEY));
 }
@@ -309,7 +361,10 @@ fn connector_change_and_extra_connectors() {
         });
     }
     let p = plan(Some(&desired_external()), &extra);
-    assert!(matches!(&p.actions[..], [Action::DeleteConnector { uuid, .. }] if uuid == "x-iqn"), "{p:?}");
+    assert!(
+        matches!(&p.actions[..], [Action::DeleteConnector { uuid, .. }] if uuid == "x-iqn"),
+        "{p:?}"
+    );
     converge(Some(&desired_external()), &extra);
 }
 
@@ -326,7 +381,16 @@ fn extra_targets_and_foreign_boot_target_are_replaced() {
         });
     }
     let p = plan(Some(&desired_external()), &start);
-    assert_eq!(kinds(&p), ["patch_node", "create_connector", "delete_target", "delete_target", "create_target"]);
+    assert_eq!(
+        kinds(&p),
+        [
+            "patch_node",
+            "create_connector",
+            "delete_target",
+            "delete_target",
+            "create_target"
+        ]
+    );
     converge(Some(&desired_external()), &start);
 }
 
@@ -334,10 +398,14 @@ fn extra_targets_and_foreign_boot_target_are_replaced() {
 fn interface_change_is_refused_while_active_but_not_in_maintenance() {
     let active = node("active", Some("power on"));
     let p = plan(Some(&desired_external()), &active);
-    assert!(matches!(&p.blocked[..], [Blocked::InterfaceChangeNotAllowed { provision_state, .. }] if provision_state == "active"));
+    assert!(
+        matches!(&p.blocked[..], [Blocked::InterfaceChangeNotAllowed { provision_state, .. }] if provision_state == "active")
+    );
     // Capabilities and creates still happen (allowed in active).
     assert_eq!(kinds(&p), ["patch_node", "create_connector", "create_target"]);
-    let Action::PatchNode { ops, .. } = &p.actions[0] else { unreachable!() };
+    let Action::PatchNode { ops, .. } = &p.actions[0] else {
+        unreachable!()
+    };
     assert!(ops.iter().all(|o| o.path() != "/storage_interface"));
     let mut maint = active.clone();
     maint.node.maintenance = true;
@@ -375,8 +443,13 @@ fn removal_waits_for_power_off_and_keeps_the_marker() {
     configured.node.provision_state = Some("active".into());
     let p = plan(None, &configured);
     assert_eq!(p.blocked.len(), 3, "{p:?}"); // target, connector, interface
-    let Action::PatchNode { ops, .. } = &p.actions[0] else { panic!("{p:?}") };
-    assert!(ops.iter().all(|o| !o.path().contains(MANAGED_KEY)), "marker must stay until done");
+    let Action::PatchNode { ops, .. } = &p.actions[0] else {
+        panic!("{p:?}")
+    };
+    assert!(
+        ops.iter().all(|o| !o.path().contains(MANAGED_KEY)),
+        "marker must stay until done"
+    );
 }
 
 #[test]
@@ -393,9 +466,21 @@ fn credential_source_table() {
     t.auth_method = Some("CHAP".into());
     let cases = [
         (bv_external(), Ok(CredentialSource::Secret("chap"))),
-        (inline, Ok(CredentialSource::Inline(Credentials { username: "u".into(), password: Sensitive::new("p") }))),
+        (
+            inline,
+            Ok(CredentialSource::Inline(Credentials {
+                username: "u".into(),
+                password: Sensitive::new("p"),
+            })),
+        ),
         (none_given, Err(SpecError::MissingCredentials)),
-        (BootVolume { volume_driver: Some("cinder".into()), ..bv_external() }, Ok(CredentialSource::None)),
+        (
+            BootVolume {
+                volume_driver: Some("cinder".into()),
+                ..bv_external()
+            },
+            Ok(CredentialSource::None),
+        ),
     ];
     for (bv, want) in cases {
         assert_eq!(credential_source(&bv), want, "{bv:?}");
@@ -410,19 +495,47 @@ fn desired_state_errors_table() {
         bv
     };
     let cases = [
-        (with(|b| b.volume_id = None), creds(PW), SpecError::Missing("volumeId")),
-        (with(|b| b.connector_id = None), creds(PW), SpecError::Missing("connectorId")),
-        (with(|b| b.volume_driver = None), creds(PW), SpecError::Missing("volumeDriver")),
-        (with(|b| b.iscsi_target = None), creds(PW), SpecError::Missing("iscsiTarget")),
-        (with(|b| b.iscsi_target.as_mut().unwrap().portal = None), creds(PW), SpecError::Missing("iscsiTarget.portal")),
-        (with(|b| b.volume_driver = Some("noop".into())), creds(PW), SpecError::Unsupported {
-            field: "volumeDriver",
-            value: "noop".into(),
-        }),
-        (with(|b| b.target_type = Some("fibre_channel".into())), creds(PW), SpecError::Unsupported {
-            field: "targetType",
-            value: "fibre_channel".into(),
-        }),
+        (
+            with(|b| b.volume_id = None),
+            creds(PW),
+            SpecError::Missing("volumeId"),
+        ),
+        (
+            with(|b| b.connector_id = None),
+            creds(PW),
+            SpecError::Missing("connectorId"),
+        ),
+        (
+            with(|b| b.volume_driver = None),
+            creds(PW),
+            SpecError::Missing("volumeDriver"),
+        ),
+        (
+            with(|b| b.iscsi_target = None),
+            creds(PW),
+            SpecError::Missing("iscsiTarget"),
+        ),
+        (
+            with(|b| b.iscsi_target.as_mut().unwrap().portal = None),
+            creds(PW),
+            SpecError::Missing("iscsiTarget.portal"),
+        ),
+        (
+            with(|b| b.volume_driver = Some("noop".into())),
+            creds(PW),
+            SpecError::Unsupported {
+                field: "volumeDriver",
+                value: "noop".into(),
+            },
+        ),
+        (
+            with(|b| b.target_type = Some("fibre_channel".into())),
+            creds(PW),
+            SpecError::Unsupported {
+                field: "targetType",
+                value: "fibre_channel".into(),
+            },
+        ),
         (bv_external(), None, SpecError::MissingCredentials),
     ];
     for (bv, c, want) in cases {
@@ -437,12 +550,32 @@ fn descriptions_never_show_the_password() {
     let plans = [
         plan(Some(&desired_external()), &node("enroll", None)),
         plan(Some(&rotated), &configured),
-        plan(Some(&rotated), &Current { node: Node { power_state: Some("power on".into()), ..configured.node.clone() }, ..configured.clone() }),
+        plan(
+            Some(&rotated),
+            &Current {
+                node: Node {
+                    power_state: Some("power on".into()),
+                    ..configured.node.clone()
+                },
+                ..configured.clone()
+            },
+        ),
         plan(None, &configured),
     ];
     for p in &plans {
-        let text = format!("{p:?} {}", p.actions.iter().map(ToString::to_string).collect::<Vec<_>>().join(";"));
+        let text = format!(
+            "{p:?} {}",
+            p.actions
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(";")
+        );
         assert!(!text.contains(PW) && !text.contains("r0tated-pw"), "{text}");
     }
-    assert!(plans[0].actions[2].to_string().contains("auth_password=<redacted>"));
+    assert!(
+        plans[0].actions[2]
+            .to_string()
+            .contains("auth_password=<redacted>")
+    );
 }
