@@ -424,3 +424,54 @@ fn mac_tail(ns: &str) -> String {
     let h = &ns[3..9];
     format!("{}:{}:{}", &h[0..2], &h[2..4], &h[4..6])
 }
+
+/// A known CHAP password never appears in stdout, stderr or trace-level logs, whatever the
+/// outcome: dry-run, apply, in sync, waiting, rotation, a missing key, a 409, inline CHAP.
+#[tokio::test]
+async fn a_known_password_never_appears_in_any_output() {
+    const KNOWN: &str = "Leak-canary-8c1f";
+    const ROTATED: &str = "Leak-canary-rotated-3b7e";
+    let c = client();
+    let p = HostParams::new(&unique_namespace());
+    let uuid = enroll(&c, &p.ns, json!({})).await;
+    let url = ironic().url;
+    let check = |docs: &[Value], extra: &[&str], want: i32| {
+        let (_d, file) = manifest(docs);
+        let run = ironic_apply(&file, &url, extra);
+        assert_eq!(run.code, want, "{}", run.all());
+        assert!(
+            !run.all().contains(KNOWN) && !run.all().contains(ROTATED),
+            "password leaked:\n{}",
+            run.all()
+        );
+    };
+    let with = |pw: &str| vec![p.host(), secret(&p.ns, "chap", "chapuser", pw)];
+    check(&with(KNOWN), &["--dry-run"], 4);
+    check(&with(KNOWN), &[], 0);
+    check(&with(KNOWN), &[], 0);
+    provision(&c, &uuid, "manage", "manageable").await;
+    provision(&c, &uuid, "provide", "available").await;
+    power(&c, &uuid, "power on").await;
+    check(&with(ROTATED), &[], 3);
+    power(&c, &uuid, "power off").await;
+    check(&with(ROTATED), &[], 0);
+    let mut no_user = secret(&p.ns, "chap", "chapuser", KNOWN);
+    no_user["data"].as_object_mut().unwrap().remove("username");
+    check(&[p.host(), no_user], &[], 1);
+    // Same initiator on another node: Ironic's 409.
+    let dup = HostParams {
+        connector_id: p.connector_id.clone(),
+        ..HostParams::new(&unique_namespace())
+    };
+    enroll(&c, &dup.ns, json!({})).await;
+    check(&[dup.host(), secret(&dup.ns, "chap", "chapuser", KNOWN)], &[], 1);
+    // Inline CHAP (admitted only with the webhook's --allow-inline-chap).
+    let inline = HostParams {
+        secret: None,
+        ..HostParams::new(&unique_namespace())
+    };
+    enroll(&c, &inline.ns, json!({})).await;
+    let mut host = inline.host();
+    host["spec"]["bootVolume"]["iscsiTarget"] = json!({"iqn": "iqn.2010-10.com.example:v", "portal": "192.0.2.10", "authUser": "u", "authPasswd": KNOWN});
+    check(&[host], &[], 0);
+}

@@ -179,8 +179,12 @@ impl std::fmt::Debug for IronicClient {
 }
 
 impl IronicClient {
-    /// Builds a client. Needs a rustls crypto provider installed (the binary installs ring).
+    /// Builds a client. Installs rustls' ring provider as the process default when none is
+    /// set yet (this crate is built ring-only; reqwest would panic without a provider).
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let base = normalize_base(&config.url)?;
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
