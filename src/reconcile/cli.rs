@@ -235,6 +235,9 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
         .await;
         Ok(())
     };
+    // On shutdown the server is already draining; on an early failure (e.g. no RBAC for the
+    // Lease) it must not keep the process alive.
+    server.abort();
     let _ = server.await;
     result
 }
