@@ -78,12 +78,14 @@ pub async fn node(c: &IronicClient, uuid: &str) -> Value {
         .expect("get node")
 }
 
-/// Waits until `field` of the node equals `want` (Ironic's state changes are asynchronous).
+/// Waits until `field` of the node equals `want` and the task that changed it has released
+/// the node lock (`reservation`): Ironic's state changes are asynchronous, and a write while
+/// the lock is held gets a 409.
 pub async fn wait_for(c: &IronicClient, uuid: &str, field: &str, want: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let n = node(c, uuid).await;
-        if n[field] == want {
+        if n[field] == want && n["reservation"].is_null() {
             return n;
         }
         assert!(
