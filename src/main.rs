@@ -1,7 +1,7 @@
 use bootvolume::{
     check,
     cli::{self, Cli, Command},
-    telemetry,
+    reconcile, telemetry,
 };
 use clap::Parser;
 
@@ -14,15 +14,12 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime()?.block_on(cli::run_serve(args))?,
         Command::Check(args) => {
-            let code = check::run(
-                &args,
-                &mut std::io::stdout().lock(),
-                &mut std::io::stderr().lock(),
-            )?;
+            let code = check::run(&args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock())?;
             std::process::exit(code);
         }
         Command::Certs(args) => cli::run_certs(&args)?,
-        Command::Reconcile(_) | Command::IronicApply(_) => anyhow::bail!("not built yet"),
+        Command::Reconcile(args) => reconcile::cli::run_reconcile(args)?,
+        Command::IronicApply(args) => std::process::exit(reconcile::cli::run_ironic_apply(args)?.into()),
     }
     Ok(())
 }

@@ -1,2 +1,15 @@
-//! The companion reconciler (issue 3): placeholder until it lands.
+//! The companion reconciler: make each host's Ironic node boot from its `spec.bootVolume`.
+//!
+//! - [`plan`]: the pure diff, `(desired, current Ironic state) -> actions`.
+//! - [`apply`]: reads the node, plans, executes; shared by both front ends.
+//! - [`oneshot`]: `bootvolume ironic-apply`, hosts and Secrets from files.
+//! - [`cli`]: flags and entry points of `ironic-apply` and `reconcile`.
+pub mod apply;
 pub mod cli;
+pub mod controller;
+mod error;
+pub mod metrics;
+pub mod oneshot;
+pub mod plan;
+
+pub use error::Error;
