@@ -54,7 +54,7 @@ fn check(args: &[&str], stdin: Option<&str>) -> Run {
     }
 }
 
-/// `(field, reason)` pairs per host, from `--output json`.
+/// One JSON object per line, from `--output json`.
 fn json_reports(stdout: &str) -> Vec<Value> {
     stdout
         .lines()
@@ -62,10 +62,12 @@ fn json_reports(stdout: &str) -> Vec<Value> {
         .collect()
 }
 
-/// (files, exit code, expected error lines as (prefix, field)).
+/// (case, files, exit code, expected error lines as (prefix, field)).
+type TextCase = (&'static str, Vec<String>, i32, Vec<(String, &'static str)>);
+
 #[test]
 fn text_output_and_exit_codes() {
-    let cases: Vec<(&str, Vec<String>, i32, Vec<(String, &str)>)> = vec![
+    let cases: Vec<TextCase> = vec![
         ("valid_external", vec![host("valid_external.yaml")], 0, vec![]),
         ("valid_cinder", vec![host("valid_cinder.yaml")], 0, vec![]),
         ("valid_json", vec![host("valid_external.json")], 0, vec![]),
