@@ -80,7 +80,9 @@ fn is_bare_metal_host(doc: &Value) -> bool {
 pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Value>, InputError> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| InputError::Parse {
         file: file.to_owned(),
-        message: e.to_string(),
+        // Only the first line (message and location): the parser appends a snippet of the
+        // input, which may hold an inline CHAP password or a Secret's data.
+        message: e.to_string().lines().next().unwrap_or_default().to_owned(),
     })?;
     let mut out = Vec::with_capacity(docs.len());
     for doc in docs {

@@ -34,6 +34,12 @@ pub fn patch(policy: &Policy, user: &str, old: Option<&HostView>, new: &HostView
     if let Some(ops) = preserve(policy, user, old, new) {
         return ops;
     }
+    // Ratchet, as in `rules::validate`: an UPDATE that leaves `bootVolume` as stored is not
+    // defaulted, or `/validate` (which runs after us) would see a changed block and run the
+    // rules on the operator's bookkeeping writes.
+    if old.is_some_and(|old| old.boot_volume_raw == new.boot_volume_raw) {
+        return Vec::new();
+    }
     match (new.boot_volume_raw, new.boot_volume.as_ref()) {
         (Some(raw @ Value::Object(_)), Some(bv)) => defaults(raw, bv, new.namespace),
         _ => Vec::new(),
