@@ -14,7 +14,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime()?.block_on(cli::run_serve(args))?,
         Command::Check(args) => {
-            let code = check::run(&args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock())?;
+            let code = check::run(
+                &args,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )?;
             std::process::exit(code);
         }
         Command::Certs(args) => cli::run_certs(&args)?,

@@ -675,7 +675,10 @@ fn assert_usable_webhook_certs(dir: &Path) {
     assert!(ca.is_ca(), "ca.crt goes into caBundle: it must be a CA");
     assert_eq!(leaf.issuer(), ca.subject(), "tls.crt is issued by ca.crt");
     // What a TLS client does: chain to ca.crt, check the name and the validity period.
-    let der = |pem: &[u8]| rustls_pemfile::certs(&mut &pem[..]).next().unwrap().unwrap();
+    let der = |pem: &[u8]| {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        CertificateDer::from_pem_slice(pem).expect("PEM certificate")
+    };
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der(&ca_pem)).expect("ca.crt is a usable trust anchor");
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());

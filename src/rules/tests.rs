@@ -26,6 +26,9 @@ fn want(expected: &[(&str, ErrorKind)]) -> Vec<(String, ErrorKind)> {
     w
 }
 
+/// Expected errors of a row: (field, type).
+type Expected = Vec<(&'static str, ErrorKind)>;
+
 fn inline_policy() -> Policy {
     Policy {
         allow_inline_chap: true,
@@ -41,7 +44,7 @@ fn create_rules() {
     let cin = Host::cinder;
     let long = |n: usize| "a".repeat(n);
     let t = "/spec/bootVolume/iscsiTarget";
-    let cases: Vec<(&str, Host, Policy, Vec<(&str, ErrorKind)>)> = vec![
+    let cases: Vec<(&str, Host, Policy, Expected)> = vec![
         // volumeDriver
         ("accept_external", ext(), p.clone(), vec![]),
         ("accept_cinder", cin(), p.clone(), vec![]),
@@ -684,7 +687,7 @@ fn update_rules() {
                 json!({"name": "host-0-chap", "namespace": "metal3"}),
             )
     };
-    let cases: Vec<(&str, Host, Host, Vec<(&str, ErrorKind)>)> = vec![
+    let cases: Vec<(&str, Host, Host, Expected)> = vec![
         (
             "accept_ratchet_unchanged_invalid_block",
             invalid(),
