@@ -319,3 +319,177 @@ impl<'a> HostView<'a> {
             .is_some_and(|v| !v.is_null())
     }
 }
+
+/// The parts of a BareMetalHost that [`HostView`] reads, parsed straight from JSON text.
+///
+/// Real hosts carry large blocks we never look at (`status.hardware`, `managedFields`):
+/// skipping them while parsing, instead of building a `Value` for the whole object, is
+/// most of the webhook's per-request cost. [`HostDoc::parse`] returns a small `Value`
+/// holding only the read parts, which [`HostView::new`] then reads as usual.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HostDoc {
+    #[serde(default)]
+    metadata: Option<MetaDoc>,
+    #[serde(default)]
+    spec: Option<SpecDoc>,
+    #[serde(default)]
+    status: Option<StatusDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetaDoc {
+    #[serde(default)]
+    name: Option<Value>,
+    #[serde(default)]
+    generate_name: Option<Value>,
+    #[serde(default)]
+    namespace: Option<Value>,
+    #[serde(default)]
+    deletion_timestamp: Option<Value>,
+}
+
+/// Every `spec` field a rule or the mutation reads; keep in step with `rules::spec`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecDoc {
+    #[serde(default)]
+    boot_volume: Option<Value>,
+    #[serde(default)]
+    image: Option<Value>,
+    #[serde(default)]
+    custom_deploy: Option<Value>,
+    #[serde(default)]
+    externally_provisioned: Option<Value>,
+    #[serde(default)]
+    bmc: Option<Value>,
+    #[serde(default, rename = "bootMACAddress")]
+    boot_mac_address: Option<Value>,
+    #[serde(default)]
+    root_device_hints: Option<Value>,
+    #[serde(default)]
+    raid: Option<Value>,
+    #[serde(default)]
+    user_data: Option<Value>,
+    #[serde(default)]
+    network_data: Option<Value>,
+    #[serde(default)]
+    meta_data: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusDoc {
+    #[serde(default)]
+    operational_status: Option<Value>,
+    #[serde(default)]
+    provisioning: Option<ProvisioningDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ProvisioningDoc {
+    #[serde(default)]
+    state: Option<Value>,
+    #[serde(default, rename = "ID")]
+    id: Option<Value>,
+}
+
+/// Parses a BareMetalHost from JSON text into a `Value` holding only what the rules and
+/// the mutation read (see [`HostDoc`]). Fails when the text is not a JSON object or a
+/// block we read has the wrong shape (e.g. `spec` is not an object).
+pub fn parse_host_subset(json: &str) -> Result<Value, serde_json::Error> {
+    let doc: HostDoc = serde_json::from_str(json)?;
+    let metadata = doc.metadata.map(|m| {
+        object([
+            ("name", m.name),
+            ("generateName", m.generate_name),
+            ("namespace", m.namespace),
+            ("deletionTimestamp", m.deletion_timestamp),
+        ])
+    });
+    let spec = doc.spec.map(|s| {
+        object([
+            ("bootVolume", s.boot_volume),
+            ("image", s.image),
+            ("customDeploy", s.custom_deploy),
+            ("externallyProvisioned", s.externally_provisioned),
+            ("bmc", s.bmc),
+            ("bootMACAddress", s.boot_mac_address),
+            ("rootDeviceHints", s.root_device_hints),
+            ("raid", s.raid),
+            ("userData", s.user_data),
+            ("networkData", s.network_data),
+            ("metaData", s.meta_data),
+        ])
+    });
+    let status = doc.status.map(|s| {
+        let provisioning = s.provisioning.map(|p| object([("state", p.state), ("ID", p.id)]));
+        object([
+            ("operationalStatus", s.operational_status),
+            ("provisioning", provisioning),
+        ])
+    });
+    Ok(object([
+        ("metadata", metadata),
+        ("spec", spec),
+        ("status", status),
+    ]))
+}
+
+/// A JSON object of the fields that are present.
+fn object<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
+    Value::Object(
+        fields
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn subset_keeps_what_the_rules_read_and_drops_the_rest() {
+        let host = json!({
+            "apiVersion": "metal3.io/v1alpha1", "kind": "BareMetalHost",
+            "metadata": {"name": "h", "namespace": "ns", "managedFields": [{"big": true}], "deletionTimestamp": null},
+            "spec": {
+                "bootVolume": {"volumeId": "v"}, "image": {"url": "u"}, "customDeploy": null,
+                "externallyProvisioned": false, "bmc": {"address": "ipmi://x"}, "bootMACAddress": "m",
+                "rootDeviceHints": {}, "raid": {}, "userData": {}, "networkData": {}, "metaData": {},
+                "online": true, "firmware": {"x": 1}
+            },
+            "status": {"operationalStatus": "OK", "provisioning": {"state": "ready", "ID": "id", "image": {}},
+                       "hardware": {"nics": [1, 2, 3]}}
+        });
+        let subset = parse_host_subset(&host.to_string()).expect("parse");
+        assert_eq!(
+            subset,
+            json!({
+                "metadata": {"name": "h", "namespace": "ns"},
+                "spec": {
+                    "bootVolume": {"volumeId": "v"}, "image": {"url": "u"}, "externallyProvisioned": false,
+                    "bmc": {"address": "ipmi://x"}, "bootMACAddress": "m", "rootDeviceHints": {}, "raid": {},
+                    "userData": {}, "networkData": {}, "metaData": {}
+                },
+                "status": {"operationalStatus": "OK", "provisioning": {"state": "ready", "ID": "id"}}
+            })
+        );
+        // The view reads the subset exactly as it reads the whole object.
+        let (full, part) = (
+            HostView::new(&host).expect("view"),
+            HostView::new(&subset).expect("view"),
+        );
+        assert_eq!((full.name, full.namespace), (part.name, part.namespace));
+        assert_eq!(full.boot_volume, part.boot_volume);
+        assert_eq!(full.provisioning_state(), part.provisioning_state());
+        assert_eq!(full.bmc_address(), part.bmc_address());
+        assert!(parse_host_subset(r#"{"spec": "x"}"#).is_err());
+        assert!(parse_host_subset(r#""host""#).is_err());
+        assert_eq!(parse_host_subset("{}").expect("parse"), json!({}));
+    }
+}

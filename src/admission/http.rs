@@ -179,14 +179,14 @@ async fn handle(state: &AppState, webhook: Webhook, headers: HeaderMap, body: Bo
     tracing::info!(
         target: "bootvolume::audit",
         webhook = webhook.label(),
-        uid = %request.uid,
+        uid = request.uid.as_str(),
         operation,
-        namespace = %request.namespace,
-        name = %request.name,
-        user = %request.user_info.username,
+        namespace = request.namespace.as_str(),
+        name = request.name.as_str(),
+        user = request.user_info.username.as_str(),
         dry_run = request.dry_run,
         decision,
-        violations = %outcome.violations.join(","),
+        violations = outcome.violations.join(",").as_str(),
         duration_us = elapsed.as_micros() as u64,
         "admission"
     );

@@ -15,7 +15,7 @@ use crate::{
 };
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
 /// The AdmissionReview `apiVersion` we speak.
@@ -96,12 +96,13 @@ pub struct Request {
     /// Who asks.
     #[serde(default)]
     pub user_info: UserInfo,
-    /// The new object (CREATE, UPDATE).
+    /// The new object (CREATE, UPDATE), as raw JSON: only the parts the rules read are
+    /// ever parsed (see [`api::parse_host_subset`]).
     #[serde(default)]
-    pub object: Option<Value>,
-    /// The stored object (UPDATE, DELETE).
+    pub object: Option<Box<RawValue>>,
+    /// The stored object (UPDATE, DELETE), raw like `object`.
     #[serde(default)]
-    pub old_object: Option<Value>,
+    pub old_object: Option<Box<RawValue>>,
     /// Whether the request will be persisted.
     #[serde(default)]
     pub dry_run: bool,
@@ -259,15 +260,17 @@ fn is_bare_metal_host(kind: &GroupVersionKind) -> bool {
 /// DELETE, CONNECT, other kinds and other groups are allowed untouched.
 pub fn admit(policy: &Policy, webhook: Webhook, req: &Request) -> Outcome {
     let ours = is_bare_metal_host(&req.kind) && matches!(req.operation.as_str(), "CREATE" | "UPDATE");
-    let object = req.object.as_ref().filter(|_| ours);
-    let Some(object) = object else {
-        return if ours {
-            deny(req, unreadable("object", "required for CREATE and UPDATE"))
-        } else {
-            allow(req, Vec::new())
-        };
+    if !ours {
+        return allow(req, Vec::new());
+    }
+    let Some(object) = req.object.as_deref() else {
+        return deny(req, unreadable("object", "required for CREATE and UPDATE"));
     };
-    let mut new = match HostView::new(object) {
+    let new_doc = match api::parse_host_subset(object.get()) {
+        Ok(doc) => doc,
+        Err(e) => return deny(req, unreadable("object", &e.to_string())),
+    };
+    let mut new = match HostView::new(&new_doc) {
         Ok(v) => v,
         Err(e) => return deny(req, unreadable("object", &e.to_string())),
     };
@@ -275,16 +278,16 @@ pub fn admit(policy: &Policy, webhook: Webhook, req: &Request) -> Outcome {
         new.namespace = &req.namespace;
     }
     // An unreadable old object cannot be compared with: treat the request like a CREATE.
-    let old = req
+    let old_doc = req
         .old_object
-        .as_ref()
-        .and_then(|o| HostView::new(o).ok())
-        .map(|mut o| {
-            if !req.namespace.is_empty() {
-                o.namespace = &req.namespace;
-            }
-            o
-        });
+        .as_deref()
+        .and_then(|o| api::parse_host_subset(o.get()).ok());
+    let old = old_doc.as_ref().and_then(|o| HostView::new(o).ok()).map(|mut o| {
+        if !req.namespace.is_empty() {
+            o.namespace = &req.namespace;
+        }
+        o
+    });
     match webhook {
         Webhook::Validate => {
             let verdict = rules::validate(policy, old.as_ref(), &new);
