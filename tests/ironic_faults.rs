@@ -102,6 +102,16 @@ impl Converged {
 /// retryable error is retried after a capped backoff (50 ms doubling to 1 s); any other
 /// error, a waiting change, `MAX_PASSES` passes or `limit` fails the test.
 async fn converge(via: &IronicClient, case: &Case, limit: Duration) -> Converged {
+    converge_to(via, &case.host, Some(&case.desired), limit).await
+}
+
+/// [`converge`] to any desired state (`None`: the host's `bootVolume` was removed).
+async fn converge_to(
+    via: &IronicClient,
+    host: &HostSpec,
+    desired: Option<&Desired>,
+    limit: Duration,
+) -> Converged {
     let start = Instant::now();
     let mut backoff = Duration::from_millis(50);
     let mut out = Converged {
@@ -111,7 +121,7 @@ async fn converge(via: &IronicClient, case: &Case, limit: Duration) -> Converged
     };
     while out.passes < MAX_PASSES {
         out.passes += 1;
-        match apply(via, &case.host, Some(&case.desired), false).await {
+        match apply(via, host, desired, false).await {
             Ok(o) => {
                 assert!(o.blocked.is_empty(), "nothing should wait: {:?}", o.blocked);
                 assert!(
@@ -450,6 +460,78 @@ async fn ironic_going_away_mid_pass_is_retried_until_it_is_back() {
     );
     assert_eq!(received(&proxy, "POST", CONNECTORS), 1);
     assert_converged(&case, &proxy).await;
+}
+
+/// Removing `bootVolume` under faults: the target DELETE's response is lost (the delete
+/// was done), the connector DELETE meets a 409 storm, the node PATCH a 503. The node ends up
+/// clean: no connector, no target, `noop`, no `iscsi_boot`, no marker.
+#[tokio::test]
+async fn removal_under_lost_responses_and_locks_converges_to_a_clean_node() {
+    let case = Case::new(&shared_ironic()).await;
+    let proxy = FaultProxy::start(&shared_ironic()).await;
+    let via = client_for(&proxy.url, Duration::from_secs(5));
+    assert!(
+        converge(&via, &case, Duration::from_secs(30))
+            .await
+            .errors
+            .is_empty()
+    );
+
+    proxy
+        .add(Rule::new(Fault::DropResponse).method("DELETE").path(TARGETS))
+        .add(
+            Rule::new(locked(&case.uuid))
+                .method("DELETE")
+                .path(CONNECTORS)
+                .times(3),
+        )
+        .add(Rule::new(unavailable()).method("PATCH"));
+    let removed = HostSpec::from_value(
+        &HostParams {
+            no_boot_volume: true,
+            ..case.p.clone()
+        }
+        .host(),
+    )
+    .unwrap();
+    let run = converge_to(&via, &removed, None, Duration::from_secs(30)).await;
+    assert_eq!(
+        run.labels(),
+        [
+            "ironic_unreachable",
+            "ironic_conflict",
+            "ironic_conflict",
+            "ironic_conflict",
+            "ironic_server_error"
+        ],
+        "{:#?}",
+        run.errors
+    );
+    // The lost DELETE was done: the next pass saw the target gone and did not repeat it.
+    let deletes = |prefix: &str| {
+        proxy
+            .seen()
+            .iter()
+            .filter(|s| s.method == "DELETE" && s.path.starts_with(prefix))
+            .count()
+    };
+    assert_eq!(deletes(TARGETS), 1, "target DELETE repeated");
+    assert_eq!(deletes(CONNECTORS), 4, "3 refused as locked, then done");
+
+    let c = &case.direct;
+    let n = node(c, &case.uuid).await;
+    assert_eq!(n["storage_interface"], "noop");
+    assert_eq!(n["properties"]["capabilities"], "boot_mode:uefi");
+    assert!(n["extra"].get(MANAGED_KEY).is_none(), "{}", n["extra"]);
+    let (connectors, targets) = volumes(c, &case.uuid).await;
+    assert!(
+        connectors.is_empty() && targets.is_empty(),
+        "{connectors:?} {targets:?}"
+    );
+    let fresh = client_for(c.base_url(), Duration::from_secs(30));
+    let outcome = apply(&fresh, &removed, None, false).await.unwrap();
+    assert!(outcome.in_sync(), "{outcome:?}");
+    assert_eq!((fresh.calls().get, fresh.calls().writes()), (1, 0));
 }
 
 /// An Ironic of this test's own (the shared one serves the other tests), restarted for real.
