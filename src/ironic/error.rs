@@ -133,11 +133,12 @@ impl Error {
             return self;
         }
         let scrub = |m: String| {
-            if m.contains(secret) {
+            let m = if m.contains(secret) {
                 m.replace(secret, "<redacted>")
             } else {
                 m
-            }
+            };
+            redact_cut_tail(m, secret)
         };
         match self {
             Self::NotFound { message } => Self::NotFound {
@@ -173,6 +174,28 @@ impl Error {
                 message: scrub(message),
             },
         }
+    }
+}
+
+/// Messages are cut at [`MAX_MESSAGE`] characters when the error is built, before the caller
+/// can redact: a secret straddling the cut would leave its first characters. Those go too.
+fn redact_cut_tail(m: String, secret: &str) -> String {
+    let Some(head) = m.strip_suffix("...") else {
+        return m;
+    };
+    if head.chars().count() != MAX_MESSAGE {
+        return m;
+    }
+    // End offsets of the secret's proper prefixes, longest first.
+    let kept = secret
+        .char_indices()
+        .map(|(end, _)| end)
+        .filter(|&end| end > 0)
+        .rev()
+        .find(|&end| head.ends_with(&secret[..end]));
+    match kept {
+        Some(end) => format!("{}<redacted>...", &head[..head.len() - end]),
+        None => m,
     }
 }
 
@@ -311,6 +334,17 @@ mod tests {
             e.to_string(),
             "rejected by Ironic (HTTP 400): Invalid input for field/attribute. Value: '<redacted>'."
         );
+        // Ironic's message is cut at MAX_MESSAGE characters before anyone can redact it: a
+        // password straddling the cut must not leave its first characters behind.
+        let secret = "s3cr3t-pw";
+        for kept in 1..secret.len() {
+            let body = format!("{}{secret} and more text", "y".repeat(MAX_MESSAGE - kept));
+            let shown = Error::from_response(500, &body).redact(secret).to_string();
+            assert!(
+                shown.ends_with(&format!("{}<redacted>...", "y".repeat(10))),
+                "{kept} characters of the secret kept: {shown}"
+            );
+        }
         let long = "x".repeat(1000);
         assert_eq!(
             Error::from_response(500, &long).to_string().len(),

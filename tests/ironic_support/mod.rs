@@ -7,6 +7,8 @@
 //! Each test uses its own node name (`ns-<random>~host`), so tests run in parallel.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod proxy;
+
 use bootvolume::ironic::{ClientConfig, Connector, IronicClient, Target};
 use reqwest::Method;
 use serde_json::{Value, json};
