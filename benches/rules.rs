@@ -16,8 +16,8 @@ fn bench(c: &mut Criterion) {
     let policy = rules::Policy::default();
     let review: Review = serde_json::from_str(FIXTURE).expect("fixture is a review");
     let request = review.request.expect("request");
-    let object =
-        bootvolume::api::parse_host_subset(request.object.as_ref().expect("object").get()).expect("host");
+    let fixture: serde_json::Value = serde_json::from_str(FIXTURE).expect("fixture is JSON");
+    let object = bootvolume::api::parse_host_subset(&fixture["request"]["object"].to_string()).expect("host");
     let view = HostView::new(&object).expect("host view");
     assert!(rules::validate(&policy, None, &view).allowed());
     assert!(!mutate::patch(&policy, "alice", None, &view).is_empty());

@@ -237,6 +237,9 @@ pub enum ViewError {
     /// `metadata` exists but is not an object.
     #[error("metadata must be an object")]
     MetadataNotObject,
+    /// The text is not JSON.
+    #[error("not valid JSON: {0}")]
+    Json(String),
 }
 
 impl<'a> HostView<'a> {
@@ -320,21 +323,72 @@ impl<'a> HostView<'a> {
     }
 }
 
-/// The parts of a BareMetalHost that [`HostView`] reads, parsed straight from JSON text.
+/// A JSON value read as `T` when it is an object; any other JSON type is recorded rather
+/// than failing the whole parse, so a request with a malformed object can still be
+/// answered with a field error and its uid.
+#[derive(Debug)]
+pub enum ObjectOr<T> {
+    /// It was an object.
+    Object(T),
+    /// It was something else (named for the error message).
+    Other(&'static str),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOr<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer};
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = ObjectOr<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(ObjectOr::Object)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(ObjectOr::Other("an array"))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(ObjectOr::Other("a string"))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(ObjectOr::Other("a boolean"))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(ObjectOr::Other("a number"))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(ObjectOr::Other("a number"))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(ObjectOr::Other("a number"))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(ObjectOr::Other("null"))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// The parts of a BareMetalHost that [`HostView`] reads, parsed in one pass over the
+/// request body.
 ///
 /// Real hosts carry large blocks we never look at (`status.hardware`, `managedFields`):
 /// skipping them while parsing, instead of building a `Value` for the whole object, is
-/// most of the webhook's per-request cost. [`HostDoc::parse`] returns a small `Value`
-/// holding only the read parts, which [`HostView::new`] then reads as usual.
+/// most of the webhook's per-request cost. [`HostDoc::into_value`] gives a small `Value`
+/// holding only the read parts, which [`HostView::new`] then reads as usual. Every leaf is
+/// a `Value`, so no field type can fail the parse: the rules report wrong types.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct HostDoc {
+pub struct HostDoc {
     #[serde(default)]
-    metadata: Option<MetaDoc>,
+    metadata: Option<ObjectOr<MetaDoc>>,
     #[serde(default)]
-    spec: Option<SpecDoc>,
+    spec: Option<ObjectOr<SpecDoc>>,
     #[serde(default)]
-    status: Option<StatusDoc>,
+    status: Option<ObjectOr<StatusDoc>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -384,7 +438,7 @@ struct StatusDoc {
     #[serde(default)]
     operational_status: Option<Value>,
     #[serde(default)]
-    provisioning: Option<ProvisioningDoc>,
+    provisioning: Option<ObjectOr<ProvisioningDoc>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -395,48 +449,6 @@ struct ProvisioningDoc {
     id: Option<Value>,
 }
 
-/// Parses a BareMetalHost from JSON text into a `Value` holding only what the rules and
-/// the mutation read (see [`HostDoc`]). Fails when the text is not a JSON object or a
-/// block we read has the wrong shape (e.g. `spec` is not an object).
-pub fn parse_host_subset(json: &str) -> Result<Value, serde_json::Error> {
-    let doc: HostDoc = serde_json::from_str(json)?;
-    let metadata = doc.metadata.map(|m| {
-        object([
-            ("name", m.name),
-            ("generateName", m.generate_name),
-            ("namespace", m.namespace),
-            ("deletionTimestamp", m.deletion_timestamp),
-        ])
-    });
-    let spec = doc.spec.map(|s| {
-        object([
-            ("bootVolume", s.boot_volume),
-            ("image", s.image),
-            ("customDeploy", s.custom_deploy),
-            ("externallyProvisioned", s.externally_provisioned),
-            ("bmc", s.bmc),
-            ("bootMACAddress", s.boot_mac_address),
-            ("rootDeviceHints", s.root_device_hints),
-            ("raid", s.raid),
-            ("userData", s.user_data),
-            ("networkData", s.network_data),
-            ("metaData", s.meta_data),
-        ])
-    });
-    let status = doc.status.map(|s| {
-        let provisioning = s.provisioning.map(|p| object([("state", p.state), ("ID", p.id)]));
-        object([
-            ("operationalStatus", s.operational_status),
-            ("provisioning", provisioning),
-        ])
-    });
-    Ok(object([
-        ("metadata", metadata),
-        ("spec", spec),
-        ("status", status),
-    ]))
-}
-
 /// A JSON object of the fields that are present.
 fn object<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
     Value::Object(
@@ -445,6 +457,80 @@ fn object<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
             .filter_map(|(k, v)| Some((k.to_owned(), v?)))
             .collect(),
     )
+}
+
+impl HostDoc {
+    /// The read parts as a `Value` shaped like the original object.
+    pub fn into_value(self) -> Result<Value, ViewError> {
+        let metadata = match self.metadata {
+            Some(ObjectOr::Object(m)) => Some(object([
+                ("name", m.name),
+                ("generateName", m.generate_name),
+                ("namespace", m.namespace),
+                ("deletionTimestamp", m.deletion_timestamp),
+            ])),
+            Some(ObjectOr::Other(_)) => return Err(ViewError::MetadataNotObject),
+            None => None,
+        };
+        let spec = match self.spec {
+            Some(ObjectOr::Object(s)) => Some(object([
+                ("bootVolume", s.boot_volume),
+                ("image", s.image),
+                ("customDeploy", s.custom_deploy),
+                ("externallyProvisioned", s.externally_provisioned),
+                ("bmc", s.bmc),
+                ("bootMACAddress", s.boot_mac_address),
+                ("rootDeviceHints", s.root_device_hints),
+                ("raid", s.raid),
+                ("userData", s.user_data),
+                ("networkData", s.network_data),
+                ("metaData", s.meta_data),
+            ])),
+            Some(ObjectOr::Other(_)) => return Err(ViewError::SpecNotObject),
+            None => None,
+        };
+        // A malformed status reads as no status, as `HostView` reads it.
+        let status = match self.status {
+            Some(ObjectOr::Object(s)) => {
+                let provisioning = match s.provisioning {
+                    Some(ObjectOr::Object(p)) => Some(object([("state", p.state), ("ID", p.id)])),
+                    _ => None,
+                };
+                Some(object([
+                    ("operationalStatus", s.operational_status),
+                    ("provisioning", provisioning),
+                ]))
+            }
+            _ => None,
+        };
+        Ok(object([
+            ("metadata", metadata),
+            ("spec", spec),
+            ("status", status),
+        ]))
+    }
+}
+
+/// A BareMetalHost as read from a request: the read parts (see [`HostDoc`]), or why the
+/// object cannot be read as a host. Deserializing never fails on the object's shape.
+#[derive(Debug)]
+pub struct HostSubset(pub Result<Value, ViewError>);
+
+impl<'de> Deserialize<'de> for HostSubset {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self(match ObjectOr::<HostDoc>::deserialize(d)? {
+            ObjectOr::Object(doc) => doc.into_value(),
+            ObjectOr::Other(_) => Err(ViewError::NotAnObject),
+        }))
+    }
+}
+
+/// Parses a BareMetalHost from JSON text into a `Value` holding only what the rules and
+/// the mutation read (see [`HostDoc`]).
+pub fn parse_host_subset(json: &str) -> Result<Value, ViewError> {
+    serde_json::from_str::<HostSubset>(json)
+        .map_err(|e| ViewError::Json(e.to_string()))?
+        .0
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@ pub fn init(args: &LogArgs) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .event_format(LineFormat { json: args.log_format == LogFormat::Json })
+        .event_format(LineFormat {
+            json: args.log_format == LogFormat::Json,
+        })
         .try_init();
 }
 
@@ -54,13 +56,22 @@ where
             now.second(),
             now.microsecond()
         )?;
-        let mut visitor = Visit { out: String::with_capacity(256), json: self.json, message: None, error: None };
+        let mut visitor = Visit {
+            out: String::with_capacity(256),
+            json: self.json,
+            message: None,
+            error: None,
+        };
         event.record(&mut visitor);
         if let Some(e) = visitor.error {
             return Err(e);
         }
         if self.json {
-            write!(w, "{{\"timestamp\":\"{ts}\",\"level\":\"{}\",\"target\":", meta.level())?;
+            write!(
+                w,
+                "{{\"timestamp\":\"{ts}\",\"level\":\"{}\",\"target\":",
+                meta.level()
+            )?;
             json_str(&mut w, meta.target())?;
             if let Some(m) = &visitor.message {
                 w.write_str(",\"message\":")?;
@@ -92,7 +103,11 @@ impl Visit {
         }
         let r = if self.json {
             write!(self.out, ",\"{}\":", field.name()).and_then(|()| {
-                if raw { self.out.write_str(value) } else { json_str(&mut self.out, value) }
+                if raw {
+                    self.out.write_str(value)
+                } else {
+                    json_str(&mut self.out, value)
+                }
             })
         } else if raw || (!value.is_empty() && !value.contains([' ', '"', '=', '\n', '\\'])) {
             write!(self.out, " {}={value}", field.name())
@@ -200,7 +215,12 @@ mod tests {
     #[test]
     fn text_lines_quote_only_when_needed() {
         let line = capture(false);
-        assert!(line.contains(" INFO bootvolume::audit: admission uid=u-1 name=\"a \\\"b\\\"\" dry_run=false n=42"), "{line}");
+        assert!(
+            line.contains(
+                " INFO bootvolume::audit: admission uid=u-1 name=\"a \\\"b\\\"\" dry_run=false n=42"
+            ),
+            "{line}"
+        );
         assert_eq!(line.matches('\n').count(), 1);
     }
 }

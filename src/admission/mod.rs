@@ -13,9 +13,9 @@ use crate::{
     mutate,
     rules::{self, FieldError, Policy, Verdict},
 };
+use api::HostSubset;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
 /// The AdmissionReview `apiVersion` we speak.
@@ -96,13 +96,13 @@ pub struct Request {
     /// Who asks.
     #[serde(default)]
     pub user_info: UserInfo,
-    /// The new object (CREATE, UPDATE), as raw JSON: only the parts the rules read are
-    /// ever parsed (see [`api::parse_host_subset`]).
+    /// The new object (CREATE, UPDATE): only the parts the rules read are kept (see
+    /// [`api::HostDoc`]); any JSON is accepted here, for other kinds too.
     #[serde(default)]
-    pub object: Option<Box<RawValue>>,
-    /// The stored object (UPDATE, DELETE), raw like `object`.
+    pub object: Option<HostSubset>,
+    /// The stored object (UPDATE, DELETE), read like `object`.
     #[serde(default)]
-    pub old_object: Option<Box<RawValue>>,
+    pub old_object: Option<HostSubset>,
     /// Whether the request will be persisted.
     #[serde(default)]
     pub dry_run: bool,
@@ -263,14 +263,12 @@ pub fn admit(policy: &Policy, webhook: Webhook, req: &Request) -> Outcome {
     if !ours {
         return allow(req, Vec::new());
     }
-    let Some(object) = req.object.as_deref() else {
-        return deny(req, unreadable("object", "required for CREATE and UPDATE"));
+    let new_doc = match &req.object {
+        None => return deny(req, unreadable("object", "required for CREATE and UPDATE")),
+        Some(HostSubset(Err(e))) => return deny(req, unreadable("object", &e.to_string())),
+        Some(HostSubset(Ok(doc))) => doc,
     };
-    let new_doc = match api::parse_host_subset(object.get()) {
-        Ok(doc) => doc,
-        Err(e) => return deny(req, unreadable("object", &e.to_string())),
-    };
-    let mut new = match HostView::new(&new_doc) {
+    let mut new = match HostView::new(new_doc) {
         Ok(v) => v,
         Err(e) => return deny(req, unreadable("object", &e.to_string())),
     };
@@ -278,11 +276,11 @@ pub fn admit(policy: &Policy, webhook: Webhook, req: &Request) -> Outcome {
         new.namespace = &req.namespace;
     }
     // An unreadable old object cannot be compared with: treat the request like a CREATE.
-    let old_doc = req
-        .old_object
-        .as_deref()
-        .and_then(|o| api::parse_host_subset(o.get()).ok());
-    let old = old_doc.as_ref().and_then(|o| HostView::new(o).ok()).map(|mut o| {
+    let old_doc = match &req.old_object {
+        Some(HostSubset(Ok(doc))) => Some(doc),
+        _ => None,
+    };
+    let old = old_doc.and_then(|o| HostView::new(o).ok()).map(|mut o| {
         if !req.namespace.is_empty() {
             o.namespace = &req.namespace;
         }
