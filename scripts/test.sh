@@ -32,4 +32,3 @@ echo "Ironic at $url" >&2
 
 step "tests"
 cargo nextest run --locked --no-fail-fast
-cargo test --locked --doc
