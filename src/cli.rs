@@ -118,6 +118,22 @@ pub struct ServeArgs {
     /// How often the certificate files are checked for changes, in seconds.
     #[arg(long, default_value_t = 5, env = "BOOTVOLUME_CERT_RELOAD_INTERVAL")]
     pub cert_reload_interval: u64,
+    /// Open webhook connections allowed; further ones are closed at accept.
+    #[arg(long, default_value_t = 1024, env = "BOOTVOLUME_MAX_CONNECTIONS")]
+    pub max_connections: usize,
+    /// Seconds allowed for a client's TLS handshake.
+    #[arg(long, default_value_t = 10, env = "BOOTVOLUME_TLS_HANDSHAKE_TIMEOUT")]
+    pub tls_handshake_timeout: u64,
+    /// Seconds allowed for an HTTP/1 request's headers (also the HTTP/1 keep-alive idle time).
+    #[arg(long, default_value_t = 10, env = "BOOTVOLUME_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: u64,
+    /// Seconds a connection may stay open with no request in flight.
+    #[arg(long, default_value_t = 60, env = "BOOTVOLUME_IDLE_TIMEOUT")]
+    pub idle_timeout: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM (keep it under the Pod's
+    /// terminationGracePeriodSeconds).
+    #[arg(long, default_value_t = 25, env = "BOOTVOLUME_DRAIN_TIMEOUT")]
+    pub drain_timeout: u64,
     /// Rule policy.
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -168,6 +184,8 @@ impl ServeArgs {
     /// The server configuration these flags describe.
     pub fn config(&self) -> crate::server::ServeConfig {
         use crate::server::{CertSource, Limits, ServeConfig};
+        // A zero timeout would refuse every client: one second is the floor.
+        let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
         let certs = match (&self.tls_cert_file, &self.tls_private_key_file) {
             (Some(cert), Some(key)) => CertSource::Files {
                 cert: cert.clone(),
@@ -181,7 +199,13 @@ impl ServeArgs {
             certs,
             reload_interval: std::time::Duration::from_secs(self.cert_reload_interval.max(1)),
             policy: self.policy.policy(),
-            limits: Limits::default(),
+            limits: Limits {
+                max_connections: self.max_connections.max(1),
+                handshake_timeout: secs(self.tls_handshake_timeout),
+                header_read_timeout: secs(self.header_read_timeout),
+                idle_timeout: secs(self.idle_timeout),
+                drain_timeout: std::time::Duration::from_secs(self.drain_timeout),
+            },
         }
     }
 }
