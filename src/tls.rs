@@ -150,6 +150,10 @@ pub fn server_config(store: Arc<CertStore>) -> Arc<rustls::ServerConfig> {
         .with_no_client_auth()
         .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // No session resumption: a resumed session skips the certificate, so a client could
+    // keep trusting a rotated-out pair. kube-apiserver never resumes, so nothing is lost.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Arc::new(config)
 }
 
