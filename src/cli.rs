@@ -130,6 +130,9 @@ pub struct ServeArgs {
     /// Seconds a connection may stay open with no request in flight.
     #[arg(long, default_value_t = 60, env = "BOOTVOLUME_IDLE_TIMEOUT")]
     pub idle_timeout: u64,
+    /// Seconds allowed to receive a request body once its headers arrived.
+    #[arg(long, default_value_t = 10, env = "BOOTVOLUME_BODY_TIMEOUT")]
+    pub body_timeout: u64,
     /// Seconds in-flight requests get to finish after SIGTERM (keep it under the Pod's
     /// terminationGracePeriodSeconds).
     #[arg(long, default_value_t = 25, env = "BOOTVOLUME_DRAIN_TIMEOUT")]
@@ -205,6 +208,7 @@ impl ServeArgs {
                 header_read_timeout: secs(self.header_read_timeout),
                 idle_timeout: secs(self.idle_timeout),
                 drain_timeout: std::time::Duration::from_secs(self.drain_timeout),
+                body_timeout: secs(self.body_timeout),
             },
         }
     }

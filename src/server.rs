@@ -90,6 +90,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Time allowed after shutdown starts for in-flight requests.
     pub drain_timeout: Duration,
+    /// Time allowed to receive a request body once its headers arrived.
+    pub body_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -100,6 +102,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(25),
+            body_timeout: crate::admission::http::BODY_TIMEOUT,
         }
     }
 }
@@ -158,7 +161,7 @@ impl WebhookServer {
             metrics_listener: bind(config.metrics_listen).await?,
             files: Some(files),
             store: CertStore::new(&pair),
-            state: AppState::new(config.policy.clone(), metrics),
+            state: AppState::new(config.policy.clone(), metrics, config.limits.body_timeout),
             config,
             dev_ca,
         })

@@ -23,14 +23,15 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 /// Largest request body accepted (kube-apiserver's own request limit is 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
-/// Time allowed to receive a request body (slow clients must not hold a request open).
-pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Default time allowed to receive a request body (slow clients must not hold a request
+/// open); `serve --body-timeout`.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handlers share.
 pub struct AppState {
@@ -40,15 +41,18 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// False until serving and again while shutting down (`/readyz`).
     pub ready: AtomicBool,
+    /// Time allowed to receive a request body.
+    pub body_timeout: Duration,
 }
 
 impl AppState {
     /// State for a server about to start (not ready yet).
-    pub fn new(policy: Policy, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(policy: Policy, metrics: Arc<Metrics>, body_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             policy,
             metrics,
             ready: AtomicBool::new(false),
+            body_timeout,
         })
     }
 }
@@ -66,8 +70,8 @@ pub enum DecodeError {
     #[error("reading request body: {0}")]
     Body(String),
     /// The client sent the body too slowly.
-    #[error("request body not received within {} s", BODY_TIMEOUT.as_secs())]
-    BodyTimeout,
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(Duration),
     /// Not JSON, or not shaped like an AdmissionReview.
     #[error("body is not a valid AdmissionReview: {0}")]
     Json(#[from] serde_json::Error),
@@ -88,7 +92,7 @@ impl IntoResponse for DecodeError {
     fn into_response(self) -> Response {
         let (code, reason) = match self {
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
-            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "Timeout"),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "Timeout"),
             _ => (StatusCode::BAD_REQUEST, "BadRequest"),
         };
         let body = json!({
@@ -99,7 +103,7 @@ impl IntoResponse for DecodeError {
     }
 }
 
-async fn decode(headers: &HeaderMap, body: Body) -> Result<Review, DecodeError> {
+async fn decode(headers: &HeaderMap, body: Body, body_timeout: Duration) -> Result<Review, DecodeError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -114,16 +118,19 @@ async fn decode(headers: &HeaderMap, body: Body) -> Result<Review, DecodeError> 
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return Err(DecodeError::TooLarge);
     }
-    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES));
-    let bytes = read.await.map_err(|_| DecodeError::BodyTimeout)?.map_err(|e| {
-        let too_large =
-            std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            DecodeError::TooLarge
-        } else {
-            DecodeError::Body(e.to_string())
-        }
-    })?;
+    let read = tokio::time::timeout(body_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES));
+    let bytes = read
+        .await
+        .map_err(|_| DecodeError::BodyTimeout(body_timeout))?
+        .map_err(|e| {
+            let too_large =
+                std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                DecodeError::TooLarge
+            } else {
+                DecodeError::Body(e.to_string())
+            }
+        })?;
     let review: Review = serde_json::from_slice(&bytes)?;
     if review.api_version != super::API_VERSION || review.kind != super::KIND {
         return Err(DecodeError::NotReview {
@@ -139,7 +146,7 @@ async fn decode(headers: &HeaderMap, body: Body) -> Result<Review, DecodeError> 
 
 async fn handle(state: &AppState, webhook: Webhook, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
-    let request = match decode(&headers, body).await {
+    let request = match decode(&headers, body, state.body_timeout).await {
         Ok(Review { request: Some(r), .. }) => r,
         Ok(_) => return DecodeError::NoRequest.into_response(),
         Err(error) => {
