@@ -132,15 +132,7 @@ pub fn check_host(policy: &Policy, file: &str, doc: &mut Value, mutate: bool) ->
                 ..view
             },
         ),
-        Err(e) => rules::Verdict {
-            errors: vec![rules::FieldError::invalid(
-                "readable-object",
-                "object",
-                rules::Shown::Json("{...}".into()),
-                format!("cannot be read as a BareMetalHost: {e}"),
-            )],
-            warnings: Vec::new(),
-        },
+        Err(e) => crate::admission::unreadable("object", &e.to_string()),
     };
     HostReport {
         file: file.to_owned(),

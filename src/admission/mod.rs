@@ -315,7 +315,8 @@ pub fn admit(policy: &Policy, webhook: Webhook, req: &Request) -> Outcome {
     }
 }
 
-fn unreadable(field: &str, why: &str) -> Verdict {
+/// The verdict for an object that cannot be read as a BareMetalHost (shared with `check`).
+pub(crate) fn unreadable(field: &str, why: &str) -> Verdict {
     Verdict {
         errors: vec![FieldError::invalid(
             "readable-object",

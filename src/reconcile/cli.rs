@@ -202,7 +202,7 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
 
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        crate::cli::shutdown_signal().await;
         tracing::info!("shutting down");
         let _ = shutdown_tx.send(true);
     });
@@ -249,19 +249,4 @@ fn pod_namespace(kube: &kube::Client) -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| kube.default_namespace().to_owned())
-}
-
-async fn wait_for_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }
