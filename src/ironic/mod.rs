@@ -4,13 +4,17 @@
 //! 1.1, where `/v1/volume` does not exist, `storage_interface` is invisible and `ns~name`
 //! node names are rejected. Nodes are looked up once by name or UUID; everything after that
 //! uses the UUID, because Ironic's nested `/v1/nodes/{name}/volume/*` only accepts UUIDs and
-//! `node_uuid` in bodies must be a UUID. Lists are never paginated (`limit` is not sent):
-//! Ironic's `next` link drops the `node=` filter.
+//! `node_uuid` in bodies must be a UUID. Per-node lists are never paginated (`limit` is not
+//! sent): Ironic's `next` link drops the `node=` filter. Fleet-wide lists ([`list`]) are.
+//! At most [`ClientConfig::max_in_flight`] requests are in flight at once ([`limit`]).
 
 mod error;
+mod limit;
+pub mod list;
 mod model;
 
 pub use error::Error;
+pub use limit::DEFAULT_MAX_IN_FLIGHT;
 pub use model::{Connector, NODE_FIELDS, NewConnector, NewTarget, Node, PatchOp, Target};
 
 use crate::api::Sensitive;
@@ -47,6 +51,8 @@ pub struct ClientConfig {
     pub ca_pem: Option<Vec<u8>>,
     /// Bound on each request (connect + response), so an unreachable Ironic fails in time.
     pub timeout: Duration,
+    /// Requests in flight at once, shared by all clones of the client (at least 1).
+    pub max_in_flight: usize,
 }
 
 impl ClientConfig {
@@ -57,6 +63,7 @@ impl ClientConfig {
             basic_auth: None,
             ca_pem: None,
             timeout,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 
@@ -168,6 +175,7 @@ pub struct IronicClient {
     auth: Option<(String, Sensitive)>,
     calls: Arc<CallCounts>,
     observer: Option<RequestObserver>,
+    limiter: Arc<limit::Limiter>,
 }
 
 impl std::fmt::Debug for IronicClient {
@@ -209,7 +217,13 @@ impl IronicClient {
             auth: config.basic_auth,
             calls: Arc::default(),
             observer: None,
+            limiter: limit::Limiter::new(config.max_in_flight),
         })
+    }
+
+    /// The cap on requests in flight ([`ClientConfig::max_in_flight`]).
+    pub fn max_in_flight(&self) -> usize {
+        self.limiter.max()
     }
 
     /// Reports every request to `observer` (metrics).
@@ -364,6 +378,7 @@ impl IronicClient {
         if let Some(body) = body {
             req = req.json(body);
         }
+        let permit = self.limiter.acquire().await;
         self.calls.record(&method);
         let result = req.send().await;
         let code = match &result {
@@ -376,7 +391,20 @@ impl IronicClient {
         tracing::debug!(%method, path, code, "ironic request");
         let resp = result.map_err(|e| self.transport(&e))?;
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let text = resp.text().await.map_err(|e| self.transport(&e))?;
+        let pause = self
+            .limiter
+            .pause_after(limit::classify(status.as_u16(), &text, retry_after.as_deref()));
+        if !pause.is_zero() {
+            tracing::debug!(status = status.as_u16(), ?pause, "Ironic is busy; slowing down");
+            tokio::time::sleep(pause).await;
+        }
+        drop(permit);
         if status.is_success() || status == StatusCode::NOT_MODIFIED {
             Ok(text)
         } else {

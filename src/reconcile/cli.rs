@@ -40,12 +40,18 @@ pub struct IronicArgs {
     /// Per-request timeout in seconds (bounds how long an unreachable Ironic can stall us).
     #[arg(long, default_value_t = 30, env = "BOOTVOLUME_IRONIC_TIMEOUT")]
     pub ironic_timeout: u64,
+    /// Ironic requests in flight at once (a cold start of thousands of hosts must not
+    /// flood Ironic); a 503 or a locked-node 409 also slows the next requests down.
+    #[arg(long, default_value_t = crate::ironic::DEFAULT_MAX_IN_FLIGHT, value_parser = clap::value_parser!(usize), env = "BOOTVOLUME_IRONIC_MAX_IN_FLIGHT")]
+    pub ironic_max_in_flight: usize,
 }
 
 impl IronicArgs {
     /// Builds the client (reads the credential and CA files).
     pub fn client(&self) -> Result<IronicClient, Error> {
-        let config = ClientConfig::new(&self.ironic_url, Duration::from_secs(self.ironic_timeout.max(1)))
+        let mut config = ClientConfig::new(&self.ironic_url, Duration::from_secs(self.ironic_timeout.max(1)));
+        config.max_in_flight = self.ironic_max_in_flight.max(1);
+        let config = config
             .with_files(
                 self.ironic_username_file.as_deref(),
                 self.ironic_password_file.as_deref(),
@@ -91,7 +97,8 @@ pub struct ReconcileArgs {
     /// Label selector for the Secret watch (e.g. `environment.metal3.io=baremetal`).
     #[arg(long, env = "BOOTVOLUME_SECRET_LABEL_SELECTOR")]
     pub secret_label_selector: Option<String>,
-    /// Seconds between re-checks of an in-sync host (repairs drift, e.g. after undeploy).
+    /// Seconds between fleet syncs: list calls over all nodes, connectors and targets that
+    /// find drift (e.g. targets deleted by an undeploy) and re-run only the hosts affected.
     #[arg(long, default_value_t = 600, env = "BOOTVOLUME_RESYNC_INTERVAL")]
     pub resync_interval: u64,
     /// Hosts reconciled in parallel.

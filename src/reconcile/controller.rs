@@ -9,8 +9,10 @@
 use super::{
     Error,
     apply::{self, HostSpec, Outcome},
+    fleet::{self, FleetState},
     metrics::Metrics,
     plan::Blocked,
+    trim,
 };
 use crate::ironic::IronicClient;
 use futures::StreamExt;
@@ -20,10 +22,10 @@ use kube::{
     api::{ApiResource, DynamicObject, GroupVersionKind},
     core::PartialObjectMeta,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt as _,
         controller::{self, Action},
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{ObjectRef, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -61,6 +63,7 @@ pub struct Context {
     dry_run: bool,
     resync: Duration,
     backoff: Backoff,
+    fleet: Arc<FleetState>,
 }
 
 impl Context {
@@ -83,7 +86,13 @@ impl Context {
             dry_run,
             resync,
             backoff: Backoff::default(),
+            fleet: Arc::default(),
         }
+    }
+
+    /// What the fleet sync knows (tests and benchmarks look at it).
+    pub fn fleet(&self) -> &Arc<FleetState> {
+        &self.fleet
     }
 }
 
@@ -137,7 +146,12 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
     );
     if outcome.blocked.is_empty() {
         ctx.backoff.reset(&key(&obj));
-        Ok(Action::requeue(ctx.resync))
+        // With the fleet sync running, drift is found by its list calls, not per host.
+        if ctx.fleet.is_running() {
+            Ok(Action::await_change())
+        } else {
+            Ok(Action::requeue(ctx.resync))
+        }
     } else {
         Ok(Action::requeue(ctx.backoff.next(&key(&obj))))
     }
@@ -159,6 +173,13 @@ async fn pass(obj: &DynamicObject, ctx: &Context) -> Result<Outcome, Error> {
     if host.skip.is_some() {
         return apply::apply(&ctx.ironic, &host, None, ctx.dry_run).await;
     }
+    ctx.fleet.forget(&host);
+    if ctx.fleet.nothing_of_ours(&host) {
+        return Ok(Outcome {
+            skipped: Some("no bootVolume and nothing of ours on the Ironic node".into()),
+            ..Default::default()
+        });
+    }
     let secret = match host.secret_name()? {
         Some(name) => Api::<Secret>::namespaced(ctx.kube.clone(), &host.namespace)
             .get_opt(name)
@@ -167,7 +188,18 @@ async fn pass(obj: &DynamicObject, ctx: &Context) -> Result<Outcome, Error> {
         None => None,
     };
     let desired = host.desired(secret.as_ref())?;
-    apply::apply(&ctx.ironic, &host, desired.as_ref(), ctx.dry_run).await
+    let outcome = apply::apply(&ctx.ironic, &host, desired.as_ref(), ctx.dry_run).await?;
+    if outcome.blocked.is_empty() {
+        let secret_version = secret.and_then(|s| s.metadata.resource_version);
+        let (uuid, wrote) = (outcome.node_uuid.clone(), !outcome.changes.is_empty());
+        let record = fleet::Record {
+            host,
+            desired,
+            secret_version,
+        };
+        ctx.fleet.remember(record, &uuid, wrote);
+    }
+    Ok(outcome)
 }
 
 /// The Events one pass produces: applied changes, waits, or the error. An in-sync pass is
@@ -236,6 +268,7 @@ pub fn hosts_referencing(
         .state()
         .into_iter()
         .filter(|h| h.namespace().as_deref() == Some(namespace))
+        .filter(|h| mentions(h, name))
         .filter(|h| {
             let raw = serde_json::to_value(h.as_ref()).unwrap_or_default();
             HostSpec::from_value(&raw)
@@ -243,6 +276,37 @@ pub fn hosts_referencing(
                 .is_some_and(|s| s.secret_name().ok().flatten() == Some(name))
         })
         .map(|h| ObjectRef::from_obj_with(h.as_ref(), host_resource()))
+        .collect()
+}
+
+/// A cheap pre-check (no copy of the object): `bootVolume` names Secret `name` in one of
+/// the two places a credentials Secret can be named.
+fn mentions(host: &DynamicObject, name: &str) -> bool {
+    let Some(bv) = host.data.pointer("/spec/bootVolume") else {
+        return false;
+    };
+    let is = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()) == Some(name);
+    is(bv.get("iscsiCredentialsName")) || is(bv.pointer("/iscsiTarget/authSecretRef/name"))
+}
+
+/// The hosts referencing Secret `s` whose last successful pass read an older version of
+/// it (or that have no such pass): a Secret event re-runs only those.
+fn hosts_to_recheck(
+    store: &Store<DynamicObject>,
+    fleet: &FleetState,
+    s: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<DynamicObject>> {
+    let namespace = s.namespace().unwrap_or_default();
+    let version = s.resource_version();
+    hosts_referencing(store, &namespace, &s.name_any())
+        .into_iter()
+        .filter(|r| {
+            store.get(r).is_none_or(|h| {
+                let raw = serde_json::to_value(h.as_ref()).unwrap_or_default();
+                HostSpec::from_value(&raw)
+                    .map_or(true, |spec| fleet.secret_changed(&spec, version.as_deref()))
+            })
+        })
         .collect()
 }
 
@@ -278,25 +342,51 @@ pub async fn run_controller(
     if let Some(sel) = &config.secret_label_selector {
         secret_watch = secret_watch.labels(sel);
     }
-    let controller = Controller::new_with(hosts, watcher::Config::default(), ar);
-    let store = controller.store();
-    controller
+    // The store keeps trimmed hosts; a pass runs only when what it reads changed.
+    let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
+    let store = writer.as_reader();
+    let host_stream = watcher(hosts, watcher::Config::default())
+        .default_backoff()
+        .modify(trim::trim_host)
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(trim::fingerprint, Default::default());
+    // The first snapshot comes before the first pass, so hosts without bootVolume whose
+    // node carries nothing of ours cost no Ironic call even at startup.
+    match fleet::refresh(&ctx.ironic, &ctx.fleet).await {
+        Ok((pages, nodes)) => tracing::info!(pages, nodes, "fleet snapshot"),
+        Err(e) => tracing::warn!(error = %e, "fleet snapshot failed; passes read nodes one by one"),
+    }
+    let (trigger, triggered) = futures::channel::mpsc::channel(1024);
+    let sync = fleet::run(
+        ctx.ironic.clone(),
+        ctx.fleet.clone(),
+        ctx.metrics.clone(),
+        store.clone(),
+        ar.clone(),
+        ctx.resync,
+        trigger,
+    );
+    let controller = Controller::for_stream_with(host_stream, store.clone(), ar);
+    let fleet_state = ctx.fleet.clone();
+    let run = controller
         .watches(secrets, secret_watch, move |s: PartialObjectMeta<Secret>| {
-            hosts_referencing(
-                &store,
-                s.namespace().as_deref().unwrap_or_default(),
-                &s.name_any(),
-            )
+            hosts_to_recheck(&store, &fleet_state, &s)
         })
+        .reconcile_on(triggered)
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(stop)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "controller");
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        _ = run => {}
+        _ = sync => {}
+    }
+    ctx.fleet.set_running(false);
 }
 
 /// Leader election settings (`coordination.k8s.io/v1` Lease).

@@ -5,6 +5,8 @@
 //! - `bootvolume_reconcile_duration_seconds`: histogram of pass durations.
 //! - `bootvolume_ironic_requests_total{method,code}`: every Ironic request, `code` the HTTP
 //!   status or `error` when none came back.
+//! - `bootvolume_fleet_syncs_total{result}` (`ok`, `error`), `bootvolume_fleet_list_pages_total`
+//!   and `bootvolume_fleet_out_of_sync_hosts_total`: what the periodic fleet sync costs and finds.
 //!
 //! Labels never carry host names or values from a spec, so cardinality stays fixed and no
 //! secret can end up here.
@@ -35,6 +37,9 @@ pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     duration: Histogram,
     ironic_requests: Family<IronicLabels, Counter>,
+    fleet_syncs: Family<ResultLabels, Counter>,
+    fleet_pages: Counter,
+    fleet_out_of_sync: Counter,
 }
 
 impl Default for Metrics {
@@ -44,7 +49,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers the three metrics in a fresh registry.
+    /// Registers the metrics in a fresh registry.
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let reconciles = Family::<ResultLabels, Counter>::default();
@@ -66,11 +71,32 @@ impl Metrics {
             "Ironic API requests by method and status",
             ironic_requests.clone(),
         );
+        let fleet_syncs = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "bootvolume_fleet_syncs",
+            "Fleet syncs (list calls and join) by result",
+            fleet_syncs.clone(),
+        );
+        let fleet_pages = Counter::default();
+        registry.register(
+            "bootvolume_fleet_list_pages",
+            "Ironic list pages read by fleet syncs",
+            fleet_pages.clone(),
+        );
+        let fleet_out_of_sync = Counter::default();
+        registry.register(
+            "bootvolume_fleet_out_of_sync_hosts",
+            "Hosts a fleet sync sent back to the queue",
+            fleet_out_of_sync.clone(),
+        );
         Self {
             registry,
             reconciles,
             duration,
             ironic_requests,
+            fleet_syncs,
+            fleet_pages,
+            fleet_out_of_sync,
         }
     }
 
@@ -90,6 +116,25 @@ impl Metrics {
             .get_or_create(&ResultLabels {
                 result: result.into(),
             })
+            .get()
+    }
+
+    /// Counts one fleet sync: `Some((pages, out_of_sync))` on success, `None` on failure.
+    pub fn record_fleet_sync(&self, result: Option<(usize, usize)>) {
+        let label = if result.is_some() { "ok" } else { "error" };
+        self.fleet_syncs
+            .get_or_create(&ResultLabels { result: label.into() })
+            .inc();
+        if let Some((pages, out_of_sync)) = result {
+            self.fleet_pages.inc_by(pages as u64);
+            self.fleet_out_of_sync.inc_by(out_of_sync as u64);
+        }
+    }
+
+    /// Successful fleet syncs so far (tests wait on it).
+    pub fn fleet_syncs(&self) -> u64 {
+        self.fleet_syncs
+            .get_or_create(&ResultLabels { result: "ok".into() })
             .get()
     }
 
@@ -146,8 +191,14 @@ mod tests {
         let m = Arc::new(Metrics::new());
         m.record_reconcile("applied", Duration::from_millis(20));
         (m.ironic_observer())("GET", "200");
+        m.record_fleet_sync(Some((3, 2)));
+        m.record_fleet_sync(None);
         let text = m.encode();
         for want in [
+            r#"bootvolume_fleet_syncs_total{result="ok"} 1"#,
+            r#"bootvolume_fleet_syncs_total{result="error"} 1"#,
+            "bootvolume_fleet_list_pages_total 3",
+            "bootvolume_fleet_out_of_sync_hosts_total 2",
             r#"bootvolume_reconcile_total{result="applied"} 1"#,
             "bootvolume_reconcile_duration_seconds_count 1",
             r#"bootvolume_ironic_requests_total{method="GET",code="200"} 1"#,
@@ -155,5 +206,6 @@ mod tests {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
         assert_eq!(m.reconciles("applied"), 1);
+        assert_eq!(m.fleet_syncs(), 1);
     }
 }

@@ -2,14 +2,18 @@
 //!
 //! - [`plan`]: the pure diff, `(desired, current Ironic state) -> actions`.
 //! - [`apply`]: reads the node, plans, executes; shared by both front ends.
+//! - [`fleet`]: the periodic fleet sync (list calls, join, out-of-sync decision).
+//! - [`trim`]: what the reflector keeps of a host, and which changes trigger a pass.
 //! - [`oneshot`]: `bootvolume ironic-apply`, hosts and Secrets from files.
 //! - [`cli`]: flags and entry points of `ironic-apply` and `reconcile`.
 pub mod apply;
 pub mod cli;
 pub mod controller;
 mod error;
+pub mod fleet;
 pub mod metrics;
 pub mod oneshot;
 pub mod plan;
+pub mod trim;
 
 pub use error::Error;
