@@ -183,6 +183,9 @@ struct Shared {
     rules: Mutex<Vec<Rule>>,
     seen: Mutex<Vec<Seen>>,
     in_flight: AtomicUsize,
+    /// Requests received and not yet answered, and the most there ever were at once.
+    active: AtomicUsize,
+    peak: AtomicUsize,
     /// Bumped to close every open client connection.
     epoch: watch::Sender<u64>,
     /// The accept loop; `None` while down (the port then refuses connections).
@@ -212,6 +215,8 @@ impl FaultProxy {
             rules: Mutex::default(),
             seen: Mutex::default(),
             in_flight: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             epoch: watch::channel(0).0,
             accept: Mutex::default(),
         });
@@ -255,6 +260,18 @@ impl FaultProxy {
             .filter(|s| s.method == method && s.path == path)
             .filter_map(|s| s.upstream)
             .collect()
+    }
+
+    /// The most requests the client had open at once (received, not yet answered): what a
+    /// cap on in-flight requests must bound.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak.load(Ordering::SeqCst)
+    }
+
+    /// Forgets the peak (and the log of requests), to measure a phase on its own.
+    pub fn reset_counts(&self) {
+        self.shared.peak.store(0, Ordering::SeqCst);
+        self.shared.seen.lock().unwrap().clear();
     }
 
     /// Waits (bounded) until no forwarded request is still pending, e.g. a held one.
@@ -321,6 +338,17 @@ impl Shared {
     }
 
     async fn handle(
+        self: Arc<Self>,
+        req: Request<hyper::body::Incoming>,
+    ) -> Result<Response<Body>, io::Error> {
+        let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let result = Arc::clone(&self).answer(req).await;
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    async fn answer(
         self: Arc<Self>,
         req: Request<hyper::body::Incoming>,
     ) -> Result<Response<Body>, io::Error> {
