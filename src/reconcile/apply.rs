@@ -156,10 +156,6 @@ pub async fn apply(
             ..Default::default()
         });
     }
-    let secret = desired
-        .and_then(|d| d.credentials.as_ref())
-        .map(|c| c.password.expose().to_owned());
-    let redact = |e: ironic::Error| e.redact(secret.as_deref().unwrap_or(""));
     let Some(node) = find_node(client, host).await? else {
         return match desired {
             None => Ok(Outcome {
@@ -201,9 +197,23 @@ pub async fn apply(
         connectors,
         targets,
     };
-    let plan = plan::plan(desired, &current);
+    apply_to(client, desired, &current, dry_run).await
+}
+
+/// Plans against `current` (read just now, or taken from a fresh fleet listing) and executes.
+pub async fn apply_to(
+    client: &IronicClient,
+    desired: Option<&Desired>,
+    current: &Current,
+    dry_run: bool,
+) -> Result<Outcome, Error> {
+    let secret = desired
+        .and_then(|d| d.credentials.as_ref())
+        .map(|c| c.password.expose().to_owned());
+    let redact = |e: ironic::Error| e.redact(secret.as_deref().unwrap_or(""));
+    let plan = plan::plan(desired, current);
     let mut outcome = Outcome {
-        node_uuid: uuid,
+        node_uuid: current.node.uuid.clone(),
         blocked: plan.blocked,
         ..Default::default()
     };

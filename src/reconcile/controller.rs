@@ -188,7 +188,10 @@ async fn pass(obj: &DynamicObject, ctx: &Context) -> Result<Outcome, Error> {
         None => None,
     };
     let desired = host.desired(secret.as_ref())?;
-    let outcome = apply::apply(&ctx.ironic, &host, desired.as_ref(), ctx.dry_run).await?;
+    let outcome = match ctx.fleet.take_current(&host) {
+        Some(current) => apply::apply_to(&ctx.ironic, desired.as_ref(), &current, ctx.dry_run).await?,
+        None => apply::apply(&ctx.ironic, &host, desired.as_ref(), ctx.dry_run).await?,
+    };
     if outcome.blocked.is_empty() {
         let secret_version = secret.and_then(|s| s.metadata.resource_version);
         let (uuid, wrote) = (outcome.node_uuid.clone(), !outcome.changes.is_empty());

@@ -18,6 +18,13 @@
 //! The listing also tells which nodes carry anything of ours (our marker on the node, a
 //! connector or target we made): a host without `bootVolume` whose node carries nothing of
 //! ours needs no Ironic call at all ([`FleetState::nothing_of_ours`]).
+//!
+//! A pass may also plan from the listing instead of reading the node again
+//! ([`FleetState::take_current`]): once per node and listing, only while the listing is
+//! younger than [`SNAPSHOT_MAX_AGE`], and only when no pass of ours wrote to the node since
+//! the listing began. A stale answer costs little: a write Ironic refuses (an object that
+//! already exists, a state that changed) fails the pass, and its retry reads the node; a
+//! drift the listing missed is found by the next listing.
 
 use super::{
     apply::HostSpec,
@@ -40,6 +47,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// How long a listing may stand in for a pass's own reads.
+pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(120);
+
 /// Everything Ironic holds, indexed for the join.
 #[derive(Debug, Default)]
 pub struct FleetIndex {
@@ -52,6 +62,8 @@ pub struct FleetIndex {
     ours: HashSet<String>,
     /// List requests the snapshot took.
     pub pages: usize,
+    /// When its listing began (`None`: built by hand, never stands in for reads).
+    pub taken_at: Option<Instant>,
 }
 
 fn managed(extra: &Map<String, Value>) -> bool {
@@ -202,6 +214,8 @@ pub struct FleetState {
     /// Node UUIDs and names a pass found or made ours since the listing began.
     touched: Mutex<HashMap<String, Instant>>,
     running: AtomicBool,
+    /// Nodes whose entry in the current snapshot a pass already planned from.
+    consumed: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -218,6 +232,9 @@ impl FleetState {
     /// that are kept, as the listing may not show them.
     pub fn install(&self, index: FleetIndex, started: Instant) {
         lock(&self.touched).retain(|_, at| *at >= started);
+        lock(&self.consumed).clear();
+        let mut index = index;
+        index.taken_at.get_or_insert(started);
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(index));
     }
 
@@ -252,6 +269,30 @@ impl FleetState {
         lock(&self.records)
             .get(&key(host))
             .is_none_or(|r| r.desired.is_none())
+    }
+
+    /// What the latest listing says about `host`'s node, when a pass may plan from it
+    /// instead of reading the node: a listing younger than [`SNAPSHOT_MAX_AGE`], the node's
+    /// entry not used yet, and no write of ours to the node since the listing began.
+    pub fn take_current(&self, host: &HostSpec) -> Option<Current> {
+        let index = self.index()?;
+        if index.taken_at?.elapsed() > SNAPSHOT_MAX_AGE {
+            return None;
+        }
+        let current = index.current(host)?;
+        let uuid = &current.node.uuid;
+        let touched = lock(&self.touched);
+        if touched.contains_key(uuid)
+            || current
+                .node
+                .name
+                .as_ref()
+                .is_some_and(|n| touched.contains_key(n))
+        {
+            return None;
+        }
+        drop(touched);
+        lock(&self.consumed).insert(uuid.clone()).then_some(current)
     }
 
     /// Forgets the record of `host` (a pass starts; only a success records again).
@@ -309,6 +350,7 @@ pub async fn refresh(client: &IronicClient, state: &FleetState) -> Result<(usize
     let pages = nodes.pages + connectors.pages + targets.pages;
     let mut index = FleetIndex::new(nodes.items, connectors.items, targets.items);
     index.pages = pages;
+    index.taken_at = Some(started);
     let count = index.len();
     state.install(index, started);
     Ok((pages, count))
@@ -614,6 +656,30 @@ mod tests {
         assert!(
             state.nothing_of_ours(&plain),
             "marker gone, touch older than the listing"
+        );
+    }
+
+    #[test]
+    fn a_listing_stands_in_for_reads_once_while_fresh_and_untouched() {
+        let bv = host(true, Some(UUID));
+        let state = FleetState::default();
+        assert_eq!(state.take_current(&bv), None, "no listing");
+        state.install(converged(&bv, "pw"), Instant::now());
+        let current = state.take_current(&bv).expect("fresh listing");
+        assert_eq!((current.connectors.len(), current.targets.len()), (1, 1));
+        assert_eq!(state.take_current(&bv), None, "once per listing");
+        state.install(converged(&bv, "pw"), Instant::now());
+        state.remember(record(&bv, "pw"), UUID, true);
+        assert_eq!(state.take_current(&bv), None, "written since the listing began");
+        let old = Instant::now().checked_sub(SNAPSHOT_MAX_AGE + Duration::from_secs(1));
+        if let Some(old) = old {
+            state.install(converged(&bv, "pw"), old);
+            assert_eq!(state.take_current(&bv), None, "too old");
+        }
+        assert_eq!(
+            state.take_current(&host(true, Some("other"))),
+            None,
+            "no such node"
         );
     }
 
