@@ -216,6 +216,8 @@ pub struct FleetState {
     running: AtomicBool,
     /// Nodes whose entry in the current snapshot a pass already planned from.
     consumed: Mutex<HashSet<String>>,
+    /// Hosts with a pass started and not (yet) succeeded.
+    unsettled: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -297,7 +299,9 @@ impl FleetState {
 
     /// Forgets the record of `host` (a pass starts; only a success records again).
     pub fn forget(&self, host: &HostSpec) {
-        lock(&self.records).remove(&key(host));
+        let key = key(host);
+        lock(&self.records).remove(&key);
+        lock(&self.unsettled).insert(key);
     }
 
     /// Records a successful pass; `node_uuid` is the node it reached (empty: none).
@@ -311,7 +315,9 @@ impl FleetState {
                 touched.insert(id.clone(), now);
             }
         }
-        lock(&self.records).insert(key(&record.host), Arc::new(record));
+        let key = key(&record.host);
+        lock(&self.unsettled).remove(&key);
+        lock(&self.records).insert(key, Arc::new(record));
     }
 
     /// The record of `host`, if its last pass succeeded.
@@ -319,13 +325,16 @@ impl FleetState {
         lock(&self.records).get(&key(host)).cloned()
     }
 
-    /// Whether a Secret event at `version` is news for `host` (it was not the one its last
-    /// successful pass read). Startup lists every Secret: this keeps that from re-running
-    /// every host that was just reconciled.
+    /// Whether a Secret event at `version` is news for `host`: its last successful pass read
+    /// another version, or a pass started and has not succeeded (it may have read an older
+    /// one, or failed for want of this Secret). A host no pass started yet is queued anyway
+    /// and reads the Secret then. Startup lists every Secret: this keeps that from running
+    /// every host twice.
     pub fn secret_changed(&self, host: &HostSpec, version: Option<&str>) -> bool {
         match (self.record(host), version) {
             (Some(r), Some(v)) => r.secret_version.as_deref() != Some(v),
-            _ => true,
+            (Some(_), None) => true,
+            (None, _) => lock(&self.unsettled).contains(&key(host)),
         }
     }
 
@@ -687,7 +696,15 @@ mod tests {
     fn secret_events_matter_only_when_the_version_is_new() {
         let bv = host(true, None);
         let state = FleetState::default();
-        assert!(state.secret_changed(&bv, Some("1")), "no record: look");
+        assert!(
+            !state.secret_changed(&bv, Some("1")),
+            "no pass yet: it is queued anyway"
+        );
+        state.forget(&bv);
+        assert!(
+            state.secret_changed(&bv, Some("1")),
+            "a pass started or failed: look"
+        );
         state.remember(record(&bv, "pw"), UUID, false);
         assert!(!state.secret_changed(&bv, Some("1")));
         assert!(state.secret_changed(&bv, Some("2")));
