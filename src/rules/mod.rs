@@ -82,4 +82,6 @@ fn merge(schema_errors: Vec<FieldError>, rule_errors: Vec<FieldError>) -> Vec<Fi
 }
 
 #[cfg(test)]
+mod cel_tests;
+#[cfg(test)]
 mod tests;
