@@ -3,7 +3,7 @@
 //!
 //! No Kubernetes API server runs here, so these tests prove what can be proven offline:
 //! `kubectl kustomize` renders every entry point; the rendered webhook configurations
-//! match design.md section 4; ports, paths, flags and names agree with the binary's own
+//! match docs/operations.md; ports, paths, flags and names agree with the binary's own
 //! `--help` defaults; RBAC grants exactly the verbs the reconciler needs; the CRD's
 //! `spec.bootVolume` schema is byte-for-byte the file the binary embeds; and that schema,
 //! run through a JSON Schema validator, accepts every valid host and rejects type errors.
@@ -387,7 +387,7 @@ fn without_crd_entry_point_is_default_minus_the_crd() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Webhook configurations (design.md section 4)
+// Webhook configurations (docs/operations.md)
 // ---------------------------------------------------------------------------------------
 
 #[test]
@@ -551,15 +551,11 @@ fn webhook_ports_paths_and_flags_agree_with_the_binary() {
     let Some(docs) = render("default") else { return };
     let listen = help_default("serve", "--listen");
     let metrics = help_default("serve", "--metrics-listen");
-    assert_eq!(
-        port_of(&listen),
-        9443,
-        "design.md: --listen defaults to 0.0.0.0:9443"
-    );
+    assert_eq!(port_of(&listen), 9443, "--listen defaults to 0.0.0.0:9443");
     assert_eq!(
         port_of(&metrics),
         8080,
-        "design.md: --metrics-listen defaults to 0.0.0.0:8080"
+        "--metrics-listen defaults to 0.0.0.0:8080"
     );
 
     let webhook = find(&docs, "Deployment", "bootvolume-webhook");
@@ -725,7 +721,7 @@ fn assert_usable_webhook_certs(dir: &Path) {
                 .collect()
         })
         .unwrap_or_default();
-    // ServerName the API server uses for a Service webhook (rust-notes.md 5.3).
+    // ServerName the API server uses for a Service webhook (`<service>.<namespace>.svc`, as kube-apiserver's webhook client sets it).
     assert!(
         sans.contains(&server_name),
         "tls.crt SANs {sans:?} lack {server_name}"

@@ -1,7 +1,7 @@
 //! The pure diff: `(desired bootVolume, current Ironic state) -> actions`.
 //!
-//! No I/O happens here, so every rule of design.md section 5 and every Ironic state rule from
-//! ironic-notes.md section 7 is unit-tested below, including the idempotence proof: applying a
+//! No I/O happens here, so every reconciler rule (docs/architecture.md) and every Ironic state rule
+//! (which node states allow which change) is unit-tested below, including the idempotence proof: applying a
 //! plan to a simulated node and planning again yields nothing.
 //!
 //! Ownership: what we create carries a marker in `extra` ([`MANAGED_KEY`]); the node gets one
@@ -22,7 +22,7 @@ use std::fmt;
 pub const MANAGED_KEY: &str = "bootvolume_managed";
 /// Target `extra` key holding the digest of the CHAP credentials last sent.
 pub const CREDENTIALS_KEY: &str = "bootvolume_credentials";
-/// The node capability boot from volume needs (ironic-notes.md section 8).
+/// The node capability boot from volume needs (Ironic's iPXE boot interface reads it).
 pub const ISCSI_BOOT_CAPABILITY: &str = "iscsi_boot";
 /// The storage interface of a node without a boot volume.
 pub const NOOP_STORAGE: &str = "noop";
@@ -379,7 +379,7 @@ impl Plan {
     }
 }
 
-/// What Ironic allows on the node now (ironic-notes.md sections 1 and 7).
+/// What Ironic allows on the node now (by provision state and power state).
 struct Permissions {
     update: bool,
     delete: bool,
