@@ -866,3 +866,32 @@ fn passwords_never_appear_in_messages() {
         assert!(!format!("{} {:?}", v.message(), v.errors).contains(secret));
     }
 }
+
+/// Every rule id the tables produce is documented (the source scan in `tests/docs.rs`
+/// finds the ids of the known constructors; this finds any id a rule actually emits).
+#[test]
+fn every_rule_id_is_documented() {
+    let api =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).expect("docs/api.md");
+    let mut ids = std::collections::BTreeSet::new();
+    for (_, host, policy, _) in create_cases() {
+        ids.extend(run(&policy, None, &host).errors.iter().map(|e| e.rule));
+    }
+    for (_, old, new, _) in update_cases() {
+        ids.extend(
+            run(&Policy::default(), Some(&old), &new)
+                .errors
+                .iter()
+                .map(|e| e.rule),
+        );
+    }
+    assert!(ids.len() >= 20, "{ids:?}");
+    let missing: Vec<_> = ids
+        .iter()
+        .filter(|id| !api.contains(&format!("`{id}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "rule ids missing from docs/api.md: {missing:?}"
+    );
+}
