@@ -658,7 +658,7 @@ fn reconciler_args_are_flags_of_the_binary() {
     }
 }
 
-/// The no-cert-manager path of README.md ("Deploying"): `bootvolume certs` output goes into the
+/// The no-cert-manager path of docs/operations.md ("Without cert-manager"): `bootvolume certs` output goes into the
 /// Secret the webhook mounts and into caBundle, and the API server will accept it.
 #[test]
 fn certs_output_is_usable_without_cert_manager() {
