@@ -9,8 +9,8 @@
 use super::{
     Error,
     apply::{self, HostSpec, Outcome},
+    events::events,
     metrics::Metrics,
-    plan::Blocked,
 };
 use crate::ironic::IronicClient;
 use futures::StreamExt;
@@ -22,7 +22,7 @@ use kube::{
     runtime::{
         Controller,
         controller::{self, Action},
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Recorder, Reporter},
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -41,8 +41,6 @@ use tokio::sync::watch;
 pub const BACKOFF_MIN: Duration = Duration::from_secs(5);
 /// Cap of the retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// Longest event note we send (the API limit is 1 kB).
-const MAX_NOTE: usize = 1000;
 
 /// `metal3.io/v1alpha1` `baremetalhosts`.
 pub fn host_resource() -> ApiResource {
@@ -168,62 +166,6 @@ async fn pass(obj: &DynamicObject, ctx: &Context) -> Result<Outcome, Error> {
     };
     let desired = host.desired(secret.as_ref())?;
     apply::apply(&ctx.ironic, &host, desired.as_ref(), ctx.dry_run).await
-}
-
-/// The Events one pass produces: applied changes, waits, or the error. An in-sync pass is
-/// silent (it repeats every resync).
-fn events(result: &Result<Outcome, Error>, dry_run: bool) -> Vec<Event> {
-    let event = |type_, reason: &str, action: &str, note: String| Event {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate(note)),
-        action: action.into(),
-        secondary: None,
-    };
-    match result {
-        Err(e) => vec![event(
-            EventType::Warning,
-            e.event_reason(),
-            "Reconcile",
-            e.to_string(),
-        )],
-        Ok(o) => {
-            let mut out = Vec::new();
-            if !o.changes.is_empty() {
-                let (reason, verb) = if dry_run {
-                    ("BootVolumeDryRun", "would apply")
-                } else {
-                    ("BootVolumeApplied", "applied")
-                };
-                let note = format!("{verb} to Ironic node {}: {}", o.node_uuid, o.changes.join("; "));
-                out.push(event(EventType::Normal, reason, "Apply", note));
-            }
-            for b in &o.blocked {
-                let reason = match b {
-                    Blocked::WaitingForPowerOff { .. } => "WaitingForPowerOff",
-                    Blocked::InterfaceChangeNotAllowed { .. } => "StorageInterfaceChangeBlocked",
-                };
-                out.push(event(
-                    EventType::Warning,
-                    reason,
-                    "Wait",
-                    format!("Ironic node {}: {b}", o.node_uuid),
-                ));
-            }
-            out
-        }
-    }
-}
-
-fn truncate(s: String) -> String {
-    if s.len() <= MAX_NOTE {
-        return s;
-    }
-    let mut end = MAX_NOTE - 3;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
 }
 
 /// The hosts in `store` whose `bootVolume` references Secret `namespace/name`.
@@ -433,35 +375,5 @@ mod tests {
         assert_eq!(b.next("a/other"), BACKOFF_MIN);
         b.reset("a/h");
         assert_eq!(b.next("a/h"), BACKOFF_MIN);
-    }
-
-    #[test]
-    fn events_name_the_outcome_and_long_notes_are_cut() {
-        let o = Outcome {
-            node_uuid: "n".into(),
-            changes: vec!["x".repeat(2000)],
-            blocked: vec![Blocked::WaitingForPowerOff {
-                what: "update".into(),
-                power_state: "power on".into(),
-            }],
-            skipped: None,
-        };
-        let evs = events(&Ok(o), false);
-        let reasons: Vec<&str> = evs.iter().map(|e| e.reason.as_str()).collect();
-        assert_eq!(reasons, ["BootVolumeApplied", "WaitingForPowerOff"]);
-        assert!(evs[0].note.as_ref().unwrap().len() <= MAX_NOTE);
-        assert!(
-            events(&Ok(Outcome::default()), false).is_empty(),
-            "in sync is silent"
-        );
-        let err = Error::SecretNotFound {
-            namespace: "a".into(),
-            name: "chap".into(),
-        };
-        let evs = events(&Err(err), false);
-        assert_eq!(
-            (evs[0].reason.as_str(), evs[0].type_),
-            ("CredentialsMissing", EventType::Warning)
-        );
     }
 }
