@@ -9,7 +9,7 @@
 use super::{
     Error,
     apply::{self, HostSpec, Outcome},
-    events::events,
+    events::{Recorder, events},
     metrics::Metrics,
 };
 use crate::ironic::IronicClient;
@@ -22,7 +22,7 @@ use kube::{
     runtime::{
         Controller,
         controller::{self, Action},
-        events::{Recorder, Reporter},
+        events::Reporter,
         reflector::{ObjectRef, Store},
         watcher,
     },
