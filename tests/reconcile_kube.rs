@@ -477,17 +477,24 @@ async fn acts_only_while_holding_the_lease_and_releases_it_on_shutdown() {
     let (st, srv) = (started.clone(), server.clone());
     let lead = tokio::spawn(async move {
         let config = lease_config("replica-a");
-        controller::lead(Client::new(svc, "default"), &config, shutdown, |stop| {
-            // Work starts only once the Lease names us.
-            let holder = srv
-                .lock()
-                .unwrap()
-                .lease
-                .as_ref()
-                .map(|l| l["spec"]["holderIdentity"].clone());
-            st.lock().unwrap().push(holder == Some(json!("replica-a")));
-            stop
-        })
+        let progress = controller::Progress::default();
+        controller::lead(
+            Client::new(svc, "default"),
+            &config,
+            shutdown,
+            &progress,
+            |stop| {
+                // Work starts only once the Lease names us.
+                let holder = srv
+                    .lock()
+                    .unwrap()
+                    .lease
+                    .as_ref()
+                    .map(|l| l["spec"]["holderIdentity"].clone());
+                st.lock().unwrap().push(holder == Some(json!("replica-a")));
+                stop
+            },
+        )
         .await
     });
     timeout(Duration::from_secs(5), async {
@@ -555,6 +562,7 @@ async fn a_lease_held_by_another_replica_keeps_us_idle() {
             Client::new(svc, "default"),
             &lease_config("replica-a"),
             shutdown,
+            &controller::Progress::default(),
             |stop| {
                 *st.lock().unwrap() = true;
                 stop

@@ -13,7 +13,7 @@ use super::{
     metrics::Metrics,
 };
 use crate::ironic::IronicClient;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -29,7 +29,7 @@ use kube::{
 };
 use kube_lease_manager::LeaseManagerBuilder;
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -59,6 +59,7 @@ pub struct Context {
     dry_run: bool,
     resync: Duration,
     backoff: Backoff,
+    progress: Arc<Progress>,
 }
 
 impl Context {
@@ -81,7 +82,62 @@ impl Context {
             dry_run,
             resync,
             backoff: Backoff::default(),
+            progress: Arc::default(),
         }
+    }
+
+    /// What the controller is doing now (for the shutdown watchdog).
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+}
+
+/// Where the process is, so a shutdown that overruns its deadline can say what was stuck:
+/// the current phase and the hosts whose reconcile is still running.
+#[derive(Debug, Default)]
+pub struct Progress {
+    phase: Mutex<&'static str>,
+    in_flight: Mutex<BTreeSet<String>>,
+}
+
+impl Progress {
+    /// Records the current phase (e.g. "releasing the Lease").
+    pub fn set_phase(&self, phase: &'static str) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase;
+    }
+
+    /// Marks `host` as reconciling until the returned guard is dropped.
+    fn reconciling(&self, host: String) -> InFlight<'_> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.clone());
+        InFlight(self, host)
+    }
+
+    /// One line: the phase and the reconciles still running.
+    pub fn describe(&self) -> String {
+        let phase = *self.phase.lock().unwrap_or_else(|p| p.into_inner());
+        let hosts = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let phase = if phase.is_empty() { "starting" } else { phase };
+        if hosts.is_empty() {
+            phase.to_owned()
+        } else {
+            let list: Vec<&str> = hosts.iter().map(String::as_str).collect();
+            format!("{phase}; reconcile still running for {}", list.join(", "))
+        }
+    }
+}
+
+struct InFlight<'a>(&'a Progress, String);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
 }
 
@@ -111,6 +167,7 @@ fn key(obj: &DynamicObject) -> String {
 #[tracing::instrument(skip_all, fields(host = %key(&obj)))]
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
+    let _running = ctx.progress.reconciling(key(&obj));
     let result = pass(&obj, &ctx).await;
     let label = match &result {
         Ok(o) if o.skipped.is_some() => "skipped",
@@ -200,6 +257,11 @@ pub struct ControllerConfig {
 }
 
 /// Runs the controller until `stop` completes, then drains in-flight reconciles.
+///
+/// kube-runtime holds every reconcile until the host store has seen its first full list, and
+/// its graceful shutdown stops the watch that would fill the store, so a stop before the
+/// first list would wait forever. No reconcile can have started then, so the controller is
+/// simply dropped.
 pub async fn run_controller(
     ctx: Arc<Context>,
     config: &ControllerConfig,
@@ -222,6 +284,8 @@ pub async fn run_controller(
     }
     let controller = Controller::new_with(hosts, watcher::Config::default(), ar);
     let store = controller.store();
+    let stop = stop.shared();
+    let unready = stopped_before_ready(stop.clone(), controller.store());
     controller
         .watches(secrets, secret_watch, move |s: PartialObjectMeta<Secret>| {
             hosts_referencing(
@@ -233,12 +297,23 @@ pub async fn run_controller(
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
+        .take_until(unready)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "controller");
             }
         })
         .await;
+}
+
+/// Completes when `stop` has completed while `store` was not ready yet; otherwise never.
+/// Polled before the controller in the same task, so the store cannot turn ready in between.
+async fn stopped_before_ready(stop: impl Future<Output = ()>, store: Store<DynamicObject>) {
+    stop.await;
+    if store.wait_until_ready().now_or_never().is_some() {
+        std::future::pending::<()>().await;
+    }
+    tracing::info!("stopped before the first host list arrived; nothing to drain");
 }
 
 /// Leader election settings (`coordination.k8s.io/v1` Lease).
@@ -265,6 +340,7 @@ pub async fn lead<W, F>(
     client: Client,
     config: &LeaseConfig,
     shutdown: watch::Receiver<bool>,
+    progress: &Progress,
     mut work: W,
 ) -> Result<(), Error>
 where
@@ -273,16 +349,22 @@ where
 {
     let lease_error =
         |e: kube_lease_manager::LeaseManagerError| Error::Kube(format!("lease {}: {e}", config.name));
-    let manager = LeaseManagerBuilder::new(client, &config.name)
+    progress.set_phase("reading the Lease");
+    let build = LeaseManagerBuilder::new(client, &config.name)
         .with_namespace(&config.namespace)
         .with_identity(&config.identity)
         .with_duration(config.duration_secs.max(2))
         .with_grace((config.duration_secs / 3).max(1))
-        .build()
-        .await
-        .map_err(lease_error)?;
+        .build();
+    let mut sd = shutdown.clone();
+    // Building only reads (or creates) the Lease: a shutdown meanwhile leaves nothing to release.
+    let manager = tokio::select! {
+        m = build => m.map_err(lease_error)?,
+        _ = sd.wait_for(|s| *s) => return Ok(()),
+    };
     let (leader, task) = manager.watch().await;
     loop {
+        progress.set_phase("waiting for the Lease");
         let (mut became, mut sd) = (leader.clone(), shutdown.clone());
         let acquired = tokio::select! {
             r = became.wait_for(|l| *l) => r.is_ok(),
@@ -292,6 +374,7 @@ where
             break;
         }
         tracing::info!(identity = %config.identity, lease = %config.name, "acquired leadership");
+        progress.set_phase("reconciling (holding the Lease)");
         let (mut lost, mut sd) = (leader.clone(), shutdown.clone());
         let stop = async move {
             tokio::select! {
@@ -306,6 +389,7 @@ where
         tracing::warn!(identity = %config.identity, "lost leadership; stopped reconciling");
     }
     // Closing the channel makes the manager release the Lease and return.
+    progress.set_phase("releasing the Lease");
     drop(leader);
     match task.await {
         Ok(Ok(_)) => Ok(()),
