@@ -4,7 +4,8 @@
 //! exit status, the Lease release request, and what Ironic holds afterwards.
 //!
 //! `BOOTVOLUME_TEST_SHUTDOWN_RUNS=N` repeats each scenario N times and prints the exit times
-//! (used to measure; the default is one run).
+//! (used to measure; the default is one run). `BOOTVOLUME_TEST_BIN` runs another build of the
+//! binary than cargo's (e.g. when several checkouts share one target directory).
 
 mod ironic_support;
 mod kube_double;
@@ -40,7 +41,9 @@ impl Reconciler {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = kube.kubeconfig(dir.path(), LEASE_NS);
         let log = std::fs::File::create(dir.path().join("stderr")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_bootvolume"))
+        let bin =
+            std::env::var("BOOTVOLUME_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bootvolume").into());
+        let child = Command::new(bin)
             .args(["reconcile", "--ironic-url", ironic_url, "--ironic-timeout", "30"])
             .args(["--metrics-listen", "127.0.0.1:0", "--namespace", ns])
             .args([
@@ -60,6 +63,19 @@ impl Reconciler {
             .spawn()
             .expect("start bootvolume reconcile");
         Self { child, dir }
+    }
+
+    /// Waits until the process has installed its signal handlers (it logs "reconciler
+    /// starting" right after); before that, SIGTERM's default action would kill it.
+    async fn started(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(self.dir.path().join("stderr"))
+            .unwrap_or_default()
+            .contains("reconciler starting")
+        {
+            assert!(Instant::now() < deadline, "the reconciler did not start");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Sends SIGTERM; returns when it was sent.
@@ -186,6 +202,50 @@ async fn sigterm_before_the_first_host_list_exits_0_at_once_and_releases_the_lea
     }
 }
 
+/// SIGTERM at varied moments after start-up (before the Kubernetes client is up, while reading
+/// the Lease, before or after the first list, during a pass that fails fast against an
+/// unreachable Ironic): always exit 0 within seconds, and the Lease is not left held.
+#[tokio::test]
+async fn sigterm_at_any_moment_exits_0_without_keeping_the_lease() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ironic_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut times = Vec::new();
+    for _ in 0..runs() {
+        for delay_ms in [0, 20, 50, 100, 200, 400] {
+            let ns = unique_namespace();
+            let mut p = HostParams::new(&ns);
+            p.secret = Some("chap".into());
+            let kube = KubeDouble::start(
+                vec![p.host()],
+                vec![secret(&ns, "chap", "chapuser", PASSWORD)],
+                None,
+            )
+            .await;
+            let mut bin = Reconciler::start(&kube, &ironic_url, &ns, &[]);
+            bin.started().await;
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let sent = bin.sigterm();
+            let (status, log) = bin.exited(Duration::from_secs(10)).await;
+            let took = sent.elapsed();
+            times.push(took);
+            assert_eq!(status.code(), Some(0), "SIGTERM after {delay_ms} ms: {log}");
+            assert!(
+                took < Duration::from_secs(3),
+                "SIGTERM after {delay_ms} ms: took {took:?}\n{log}"
+            );
+            if let Some(lease) = kube.lease() {
+                assert_eq!(
+                    lease["spec"]["holderIdentity"],
+                    Value::Null,
+                    "SIGTERM after {delay_ms} ms: {log}"
+                );
+            }
+        }
+    }
+    report("sigterm 0-400 ms after start", &times);
+}
+
 /// Starts the binary on a fresh node with the target creation's response held `hold` by the
 /// fault proxy (Ironic has made the write), waits until Ironic answered it, sends SIGTERM.
 /// Returns what the test asserts on.
@@ -217,7 +277,13 @@ async fn sigterm_during_target_creation(
     let mut bin = Reconciler::start(&kube, &proxy.url, &ns, extra);
     let deadline = Instant::now() + Duration::from_secs(15);
     while proxy.upstream_statuses("POST", TARGETS).is_empty() {
-        assert!(Instant::now() < deadline, "the target was never created");
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(bin.dir.path().join("stderr")).unwrap_or_default();
+            panic!(
+                "the target was never created; proxy saw {:?}\n{log}",
+                proxy.seen()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let sent = bin.sigterm();
@@ -269,21 +335,25 @@ async fn sigterm_mid_reconcile_finishes_it_then_releases_the_lease_and_exits_0()
 /// with a log line naming the host whose reconcile was still running.
 #[tokio::test]
 async fn a_shutdown_past_its_timeout_exits_1_naming_what_was_stuck() {
-    let (status, log, took, _, kube, _, p) =
-        sigterm_during_target_creation(Duration::from_secs(8), &["--shutdown-timeout", "1"]).await;
-    assert_eq!(status.code(), Some(1), "{log}");
-    assert!(
-        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
-        "took {took:?}\n{log}"
-    );
-    let line = log
-        .lines()
-        .find(|l| l.contains("shutdown did not finish in time"))
-        .unwrap_or_else(|| panic!("no timeout line:\n{log}"));
-    assert!(
-        line.contains(&format!("reconcile still running for {}/host", p.ns)),
-        "{line}"
-    );
-    assert!(!kube.seen().iter().any(Seen::is_event), "the pass never finished");
-    println!("shutdown past --shutdown-timeout 1: exit after {} ms", ms(took));
+    let mut times = Vec::new();
+    for _ in 0..runs() {
+        let (status, log, took, _, kube, _, p) =
+            sigterm_during_target_creation(Duration::from_secs(8), &["--shutdown-timeout", "1"]).await;
+        times.push(took);
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+            "took {took:?}\n{log}"
+        );
+        let line = log
+            .lines()
+            .find(|l| l.contains("shutdown did not finish in time"))
+            .unwrap_or_else(|| panic!("no timeout line:\n{log}"));
+        assert!(
+            line.contains(&format!("reconcile still running for {}/host", p.ns)),
+            "{line}"
+        );
+        assert!(!kube.seen().iter().any(Seen::is_event), "the pass never finished");
+    }
+    report("shutdown past --shutdown-timeout 1", &times);
 }

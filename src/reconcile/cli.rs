@@ -185,6 +185,11 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
         leader_election_identity,
         shutdown_timeout,
     } = args;
+    // First of all: from here on SIGTERM is ours (before, the default action kills the
+    // process, which then holds nothing). Polling once installs the handlers.
+    let mut signal = Box::pin(crate::cli::shutdown_signal());
+    let _ = futures::poll!(&mut signal);
+    tracing::info!(dry_run, leader_elect, "reconciler starting");
     let metrics = Arc::new(Metrics::new());
     let ironic = ironic.client()?.with_observer(metrics.ironic_observer());
     let kube = kube::Client::try_default()
@@ -218,7 +223,7 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
     let deadline = Duration::from_secs(shutdown_timeout);
     let watchdog = progress.clone();
     tokio::spawn(async move {
-        crate::cli::shutdown_signal().await;
+        signal.await;
         tracing::info!(shutdown_timeout_secs = deadline.as_secs(), "shutting down");
         let _ = shutdown_tx.send(true);
         // A thread, not a task: it must fire even if the runtime is wedged.
@@ -240,7 +245,7 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
         let _ = metrics_shutdown.wait_for(|s| *s).await;
     });
     let server = tokio::spawn(async move { server.await });
-    tracing::info!(%metrics_listen, dry_run, leader_elect, "reconciler starting");
+    tracing::info!(%metrics_listen, "serving /metrics and /healthz");
 
     let result = if leader_elect {
         let lease = LeaseConfig {
