@@ -81,8 +81,9 @@ impl Reconciler {
     /// Sends SIGTERM; returns when it was sent.
     fn sigterm(&self) -> Instant {
         let at = Instant::now();
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+        // The shell's builtin: no dependency on a `kill` binary being installed.
+        let ok = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
             .status()
             .expect("kill")
             .success();
