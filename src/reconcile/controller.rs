@@ -451,6 +451,46 @@ mod tests {
         assert_eq!(names, ["by-name", "by-ref"]);
     }
 
+    #[tokio::test]
+    async fn a_stop_before_the_first_list_ends_the_controller_and_a_later_one_drains() {
+        use futures::FutureExt as _;
+        let mut writer = reflector::store::Writer::<DynamicObject>::new(host_resource());
+        let store = writer.as_reader();
+        let stop = || std::future::ready(());
+        assert!(
+            stopped_before_ready(stop(), store.clone())
+                .now_or_never()
+                .is_some(),
+            "not ready: ends at once"
+        );
+        assert!(
+            stopped_before_ready(std::future::pending(), store.clone())
+                .now_or_never()
+                .is_none(),
+            "no stop: runs on"
+        );
+        writer.apply_watcher_event(&WatchEvent::InitDone);
+        assert!(
+            stopped_before_ready(stop(), store).now_or_never().is_none(),
+            "ready: left to the graceful drain"
+        );
+    }
+
+    #[test]
+    fn progress_names_the_phase_and_the_running_reconciles() {
+        let p = Progress::default();
+        assert_eq!(p.describe(), "starting");
+        p.set_phase("releasing the Lease");
+        let a = p.reconciling("ns/a".into());
+        let b = p.reconciling("ns/b".into());
+        assert_eq!(
+            p.describe(),
+            "releasing the Lease; reconcile still running for ns/a, ns/b"
+        );
+        drop((a, b));
+        assert_eq!(p.describe(), "releasing the Lease");
+    }
+
     #[test]
     fn backoff_doubles_caps_and_resets_per_host() {
         let b = Backoff::default();

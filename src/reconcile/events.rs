@@ -236,21 +236,25 @@ impl Recorder {
             .next(&key, now, || self.fresh(ev, regarding, now));
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace);
-        match (&event.series, &event.metadata.name) {
-            (Some(_), Some(name)) => {
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&event))
-                    .await?;
+        let sent = match (&event.series, &event.metadata.name) {
+            (Some(_), Some(name)) => api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&event))
+                .await
+                .map(drop),
+            _ => api.create(&PostParams::default(), &event).await.map(drop),
+        };
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        match sent {
+            Ok(()) => {
+                series.0.insert(key, event);
+                Ok(())
             }
-            _ => {
-                api.create(&PostParams::default(), &event).await?;
+            // E.g. the Event was deleted meanwhile: the next occurrence starts a new one.
+            Err(e) => {
+                series.0.remove(&key);
+                Err(e)
             }
         }
-        self.series
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .insert(key, event);
-        Ok(())
     }
 
     fn fresh(&self, ev: &Event, regarding: &ObjectReference, now: Timestamp) -> K8sEvent {
