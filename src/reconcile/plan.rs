@@ -727,6 +727,58 @@ fn plan_removal(current: &Current, perms: &Permissions, out: &mut Plan) {
     out.actions.extend(node_plan.actions);
 }
 
+/// The kind of change a plan's writes make, so reports (Events, logs) can say what happened
+/// rather than list writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// `bootVolume` configured or updated (anything beyond the CHAP credentials).
+    Applied,
+    /// Only the boot target's CHAP credentials are re-sent (a rotated Secret).
+    CredentialsRotated,
+    /// `bootVolume` removed: our target, connector and node settings undone.
+    Removed,
+}
+
+/// Classifies `actions` (planned from `desired` and `current`); `None` when there are none.
+/// A rotation is a pass whose only writes replace the boot target while its volume, type and
+/// every property but the credentials already match.
+pub fn classify(desired: Option<&Desired>, current: &Current, actions: &[Action]) -> Option<Change> {
+    if actions.is_empty() {
+        return None;
+    }
+    let Some(d) = desired else {
+        return Some(Change::Removed);
+    };
+    let only_boot_target = actions.iter().all(|a| match a {
+        Action::PatchTarget { .. } => true,
+        Action::DeleteTarget { boot_index, .. } => *boot_index == 0,
+        Action::CreateTarget(t) => t.boot_index == 0,
+        _ => false,
+    });
+    let without_credentials = |props: &Map<String, Value>| {
+        let mut p = props.clone();
+        p.remove(PASSWORD_KEY);
+        p.remove("auth_username");
+        p
+    };
+    let same_but_credentials = current
+        .targets
+        .iter()
+        .find(|t| t.boot_index == 0)
+        .is_some_and(|t| {
+            d.credentials.is_some()
+                && is_managed(&t.extra)
+                && t.volume_type == TARGET_TYPE_ISCSI
+                && t.volume_id == d.volume_id
+                && d.properties.as_ref().map(without_credentials) == Some(without_credentials(&t.properties))
+        });
+    Some(if only_boot_target && same_but_credentials {
+        Change::CredentialsRotated
+    } else {
+        Change::Applied
+    })
+}
+
 /// Sets (`Some(value)`) or removes (`None`) `key` in Ironic's `k:v,k:v` capabilities string,
 /// keeping every other capability and their order. Returns `caps` unchanged (byte for byte)
 /// when it already says the same, so an in-sync node gets no write.
