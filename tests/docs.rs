@@ -136,7 +136,7 @@ fn every_metric_name_in_the_code_is_documented() {
     let mut names = BTreeSet::new();
     for file in rust_files("src") {
         let text = read(&file);
-        for prefix in ["register(", "register_with_unit("] {
+        for prefix in ["register(", "register_with_unit(", "sub_registry_with_prefix("] {
             names.extend(literals_after(&text, prefix));
         }
     }
