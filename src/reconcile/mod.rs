@@ -6,10 +6,12 @@
 //! - [`trim`]: what the reflector keeps of a host, and which changes trigger a pass.
 //! - [`oneshot`]: `bootvolume ironic-apply`, hosts and Secrets from files.
 //! - [`cli`]: flags and entry points of `ironic-apply` and `reconcile`.
+//! - [`controller`]: the Kubernetes controller; [`events`]: the Events it publishes.
 pub mod apply;
 pub mod cli;
 pub mod controller;
 mod error;
+pub mod events;
 pub mod fleet;
 pub mod metrics;
 pub mod oneshot;
