@@ -20,6 +20,28 @@ if grep -q '^name = "aws-lc' Cargo.lock; then
     exit 1
 fi
 
+step "boot test tools (QEMU, iPXE ROMs, tgt, nasm)"
+# tests/boot_proof.rs boots a VM from an iSCSI volume; it fails (never skips) without these.
+boot_packages="qemu-system-x86 ipxe-qemu tgt nasm"
+boot_tools_present() {
+    local tool
+    for tool in qemu-system-x86_64 tgtd tgtadm nasm; do
+        PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null || return 1
+    done
+    [[ -f /usr/lib/ipxe/qemu/efi-virtio.rom || -f /usr/share/qemu/efi-virtio.rom ]]
+}
+if ! boot_tools_present; then
+    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+        echo "the boot test needs $boot_packages: run \`apt-get install -y $boot_packages\` as root" >&2
+        exit 1
+    fi
+    echo "installing $boot_packages" >&2
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $boot_packages >/dev/null \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $boot_packages >/dev/null; }
+    boot_tools_present || { echo "installing $boot_packages failed" >&2; exit 1; }
+fi
+
 step "Ironic (standalone, loopback)"
 state=$(mktemp -d "${TMPDIR:-/tmp}/bootvolume-ironic.XXXXXX")
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

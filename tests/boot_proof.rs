@@ -119,19 +119,15 @@ impl TestHost {
         host
     }
 
-    /// Enrolls the node as baremetal-operator does (fake-hardware, iPXE, BIOS, a port for
-    /// the MAC) and nothing of boot from volume. Returns its UUID.
-    ///
-    /// BMO leaves the deploy interface to Ironic's default, which is `direct` in metal3's
-    /// Ironic; the test Ironic defaults fake-hardware to `fake`, whose take-over writes no
-    /// boot script, so the node names `direct` itself.
+    /// Enrolls the node as baremetal-operator does (fake-hardware, iPXE, BIOS, Ironic's
+    /// default deploy interface, a port for the MAC) and nothing of boot from volume.
+    /// Returns its UUID.
     async fn enroll(&self, c: &IronicClient) -> String {
         let uuid = enroll(
             c,
             &self.p.ns,
             json!({
                 "boot_interface": "ipxe",
-                "deploy_interface": "direct",
                 "properties": {"capabilities": "boot_mode:bios", "cpu_arch": "x86_64"},
             }),
         )

@@ -42,16 +42,24 @@ const IPXE_ROMS: [&str; 2] = [
 ];
 const TOOLS: [&str; 4] = ["qemu-system-x86_64", "tgtd", "tgtadm", "nasm"];
 
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path)
-            .any(|dir| std::fs::metadata(dir.join(tool)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
-    })
+/// Where `tool` is: on `PATH`, or in the sbin directories a non-root `PATH` may lack.
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
+}
+
+/// A command running `tool` (found by [`which`]; the bare name when missing, so the spawn
+/// error names it).
+fn command(tool: &str) -> Command {
+    Command::new(which(tool).unwrap_or_else(|| tool.into()))
 }
 
 /// What is missing of the tools, by name.
 fn missing_tools() -> Vec<&'static str> {
-    let mut missing: Vec<&str> = TOOLS.into_iter().filter(|t| !on_path(t)).collect();
+    let mut missing: Vec<&str> = TOOLS.into_iter().filter(|t| which(t).is_none()).collect();
     if !IPXE_ROMS.iter().any(|p| Path::new(p).is_file()) {
         missing.push("efi-virtio.rom (ipxe-qemu)");
     }
@@ -68,7 +76,7 @@ pub fn require_tools() {
     }
     let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
     assert!(
-        root && on_path("apt-get"),
+        root && which("apt-get").is_some(),
         "the boot test needs {missing:?}: run `{INSTALL_COMMAND}` as root (packages: {PACKAGES})"
     );
     eprintln!("boot test: installing {PACKAGES} (missing {missing:?})");
@@ -142,7 +150,7 @@ impl Disk {
         let asm = dir.join("mbr.asm");
         let mbr = dir.join("mbr.bin");
         std::fs::write(&asm, include_str!("mbr.asm")).expect("write mbr.asm");
-        run(Command::new("nasm")
+        run(command("nasm")
             .args(["-f", "bin", &format!("-DLAST_LBA={}", DISK_SECTORS - 1), "-o"])
             .arg(&mbr)
             .arg(&asm))
@@ -249,7 +257,7 @@ impl Target {
         let port = free_port();
         let log = dir.join(format!("tgtd-{port}.log"));
         let out = std::fs::File::create(&log).expect("create tgtd log");
-        let child = Command::new("tgtd")
+        let child = command("tgtd")
             .args(["-f", "-C", &Self::control_port(port).to_string(), "--iscsi"])
             .arg(format!("portal=127.0.0.1:{port}"))
             .stdin(Stdio::null())
@@ -281,7 +289,7 @@ impl Target {
     }
 
     fn adm(&self, args: &[&str]) -> Result<String, String> {
-        run(Command::new("tgtadm")
+        run(command("tgtadm")
             .args(["-C", &Self::control_port(self.port).to_string(), "--lld", "iscsi"])
             .args(args))
     }
@@ -513,7 +521,7 @@ pub fn boot(dir: &Path, spec: &VmSpec) -> Boot {
         spec.bootfile
     );
     let started = Instant::now();
-    let child = Command::new("qemu-system-x86_64")
+    let child = command("qemu-system-x86_64")
         .args(["-accel", "tcg", "-m", "256", "-nographic", "-monitor", "none"])
         .args(["-serial", "stdio", "-no-reboot", "-boot", "n"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
