@@ -82,3 +82,58 @@ async fn simulator_alone_registers_to_available_and_powers_on() {
     let stats = bmo.stop().await;
     eprintln!("{}", stats.log.join("\n"));
 }
+
+/// The simulator on its own: an externally provisioned host is adopted as a plain node (no
+/// one configured a boot volume), powered on per `online`, and the base reboot annotation is
+/// honoured as BMO does (power off, annotation removed by BMO, power on).
+#[tokio::test]
+async fn simulator_alone_adopts_and_honours_the_reboot_annotation() {
+    let c = client();
+    let p = HostParams::new(&unique_namespace());
+    let store = HostStore::new(test_host(&p, true, true));
+    let config = BmoConfig {
+        adopt_delay: Duration::ZERO,
+        ..BmoConfig::default()
+    };
+    let bmo = Bmo::start(client(), store.clone(), config);
+    wait_until(
+        "adopted and on",
+        &bmo,
+        &store,
+        Duration::from_secs(20),
+        async || {
+            let h = store.get();
+            h["status"]["provisioning"]["state"] == "externally provisioned"
+                && h["status"]["poweredOn"] == true
+        },
+    )
+    .await;
+    let uuid = store.get()["status"]["provisioning"]["ID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let n = node(&c, &uuid).await;
+    assert_eq!(n["provision_state"], "active");
+    assert!(n["driver_internal_info"]["boot_from_volume"].is_null());
+
+    store.user_update("reboot", |h| {
+        h["metadata"]["annotations"] = json!({"reboot.metal3.io": "{\"mode\":\"hard\"}"});
+    });
+    wait_until("rebooted", &bmo, &store, Duration::from_secs(20), async || {
+        let s = bmo.stats();
+        s.power_on_requests == 2 && store.get()["status"]["poweredOn"] == true
+    })
+    .await;
+    let stats = bmo.stop().await;
+    assert_eq!(stats.power_off_requests, 1);
+    assert_eq!(stats.reboot_annotation_removals, 1);
+    assert_eq!(stats.adopt_requests, 1);
+    assert!(stats.adopt_failures.is_empty());
+    assert!(
+        store.get()["metadata"]["annotations"]
+            .get("reboot.metal3.io")
+            .is_none()
+    );
+    assert_eq!(node(&c, &uuid).await["power_state"], "power on");
+    eprintln!("{}", stats.log.join("\n"));
+}
