@@ -96,6 +96,16 @@ struct Stored {
     obj: Value,
     writes: Vec<Write>,
     created: Instant,
+    /// Bumped on every accepted write: a stand-in for the controller's watch.
+    changed: watch::Sender<u64>,
+}
+
+impl Stored {
+    fn commit(&mut self, old: &Value, mut new: Value) {
+        commit(old, &mut new);
+        self.obj = new;
+        self.changed.send_modify(|n| *n += 1);
+    }
 }
 
 /// A BareMetalHost held in memory, shared by the simulator, the controller and the test.
@@ -123,7 +133,13 @@ impl HostStore {
             obj: host,
             writes: Vec::new(),
             created: Instant::now(),
+            changed: watch::channel(0).0,
         })))
+    }
+
+    /// Changes on every accepted write (spec, metadata or status), as a watch would report.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.lock().changed.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, Stored> {
@@ -188,8 +204,7 @@ impl HostStore {
             });
             return Err(denied);
         }
-        commit(&old, &mut new);
-        s.obj = new;
+        s.commit(&old, new);
         s.writes.push(Write {
             by,
             at,
@@ -207,8 +222,7 @@ impl HostStore {
         let mut new = old.clone();
         edit(&mut new);
         new["status"] = old["status"].clone();
-        commit(&old, &mut new);
-        s.obj = new;
+        s.commit(&old, new);
         let bmo_state = str_at(&old, "/status/provisioning/state").to_owned();
         s.writes.push(Write {
             by: Writer::User,
@@ -238,8 +252,7 @@ impl HostStore {
             _ => Vec::new(),
         };
         let _ = json_patch::patch(&mut new, &ops);
-        commit(&old, &mut new);
-        s.obj = new;
+        s.commit(&old, new);
         let bmo_state = str_at(&old, "/status/provisioning/state").to_owned();
         s.writes.push(Write {
             by: Writer::Bmo,
@@ -257,10 +270,9 @@ impl HostStore {
             return;
         }
         let old = s.obj.clone();
-        s.obj["status"] = status;
-        let mut new = s.obj.clone();
-        commit(&old, &mut new);
-        s.obj = new;
+        let mut new = old.clone();
+        new["status"] = status;
+        s.commit(&old, new);
     }
 
     /// Seconds since the host was created (for timelines).
