@@ -1187,7 +1187,7 @@ fn samples_are_complete_and_self_consistent() {
                 spec["bootMACAddress"].is_string(),
                 "{f}: iPXE needs the PXE NIC's MAC"
             );
-            for conflict in ["image", "customDeploy", "externallyProvisioned"] {
+            for conflict in ["image", "customDeploy"] {
                 assert!(
                     spec.get(conflict).is_none(),
                     "{f}: bootVolume excludes {conflict}"

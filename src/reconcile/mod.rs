@@ -2,12 +2,16 @@
 //!
 //! - [`plan`]: the pure diff, `(desired, current Ironic state) -> actions`.
 //! - [`apply`]: reads the node, plans, executes; shared by both front ends.
+//! - [`handshake`]: the pure adoption handshake with baremetal-operator.
+//! - [`host_api`]: one full pass for one host (configure, then hand over), and host writes.
 //! - [`oneshot`]: `bootvolume ironic-apply`, hosts and Secrets from files.
 //! - [`cli`]: flags and entry points of `ironic-apply` and `reconcile`.
 pub mod apply;
 pub mod cli;
 pub mod controller;
 mod error;
+pub mod handshake;
+pub mod host_api;
 pub mod metrics;
 pub mod oneshot;
 pub mod plan;

@@ -164,12 +164,13 @@ pub async fn run(
     let calls = client.calls();
     writeln!(
         err,
-        "ironic-apply: {} host(s); Ironic calls: {} ({} GET, {} POST, {} PATCH, {} DELETE)",
+        "ironic-apply: {} host(s); Ironic calls: {} ({} GET, {} POST, {} PATCH, {} PUT, {} DELETE)",
         inputs.hosts.len(),
         calls.total(),
         calls.get,
         calls.post,
         calls.patch,
+        calls.put,
         calls.delete
     )?;
     Ok(status)

@@ -491,8 +491,16 @@ fn create_rules() {
             vec![(BV, Forbidden)],
         ),
         (
-            "reject_externally_provisioned",
+            "accept_externally_provisioned",
             ext().set("/spec/externallyProvisioned", json!(true)),
+            p.clone(),
+            vec![],
+        ),
+        (
+            "reject_externally_provisioned_with_image",
+            ext()
+                .set("/spec/externallyProvisioned", json!(true))
+                .set("/spec/image", json!({"url": "u"})),
             p.clone(),
             vec![(BV, Forbidden)],
         ),
@@ -716,6 +724,23 @@ fn update_rules() {
             "reject_image_added",
             ext(),
             ext().set("/spec/image", json!({"url": "u"})),
+            vec![(BV, Forbidden)],
+        ),
+        (
+            "accept_hand_over_from_available",
+            ext().in_state("available"),
+            ext()
+                .in_state("available")
+                .set("/spec/externallyProvisioned", json!(true)),
+            vec![],
+        ),
+        (
+            "reject_hand_over_with_custom_deploy",
+            ext().in_state("available"),
+            ext()
+                .in_state("available")
+                .set("/spec/externallyProvisioned", json!(true))
+                .set("/spec/customDeploy", json!({"method": "x"})),
             vec![(BV, Forbidden)],
         ),
         (
