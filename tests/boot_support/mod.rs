@@ -399,7 +399,7 @@ pub struct Boot {
 pub struct Timings {
     /// iPXE's banner (the NIC ROM took over).
     pub ipxe: Option<Duration>,
-    /// The boot script downloaded over TFTP.
+    /// The node's boot script downloaded over TFTP.
     pub script: Option<Duration>,
     /// The boot sector's marker.
     pub marker: Option<Duration>,
@@ -441,7 +441,13 @@ impl Boot {
     pub fn timings(&self) -> Timings {
         Timings {
             ipxe: self.first(|t| t.starts_with("iPXE")),
-            script: self.first(|t| t.contains("[script]")),
+            // With `boot.ipxe` the node's script is the last of the chain.
+            script: self
+                .lines
+                .iter()
+                .rev()
+                .find(|l| l.text.contains("[script]"))
+                .map(|l| l.at),
             marker: self.first(|t| t.contains(MARKER)),
         }
     }
