@@ -100,6 +100,11 @@ pub struct ReconcileArgs {
     /// Plan and report (Events, logs) without writing to Ironic.
     #[arg(long, env = "BOOTVOLUME_DRY_RUN")]
     pub dry_run: bool,
+    /// Hand configured hosts to baremetal-operator for adoption by setting
+    /// `spec.externallyProvisioned: true` (per-host opt-out: annotation
+    /// `bootvolume.metal3.io/handoff: "false"`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "BOOTVOLUME_HANDOFF")]
+    pub handoff: bool,
     /// Only act while holding the Lease (set false for a single replica without RBAC on leases).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "BOOTVOLUME_LEADER_ELECT")]
     pub leader_elect: bool,
@@ -166,6 +171,7 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
         resync_interval,
         concurrency,
         dry_run,
+        handoff,
         leader_elect,
         lease_name,
         lease_namespace,
@@ -186,14 +192,9 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
         instance: Some(identity.clone()),
     };
     let resync = Duration::from_secs(resync_interval.max(1));
-    let ctx = Arc::new(Context::new(
-        kube.clone(),
-        ironic,
-        metrics.clone(),
-        reporter,
-        dry_run,
-        resync,
-    ));
+    let ctx = Arc::new(
+        Context::new(kube.clone(), ironic, metrics.clone(), reporter, dry_run, resync).with_handoff(handoff),
+    );
     let config = ControllerConfig {
         namespace,
         secret_label_selector,
@@ -214,7 +215,7 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
         let _ = metrics_shutdown.wait_for(|s| *s).await;
     });
     let server = tokio::spawn(async move { server.await });
-    tracing::info!(%metrics_listen, dry_run, leader_elect, "reconciler starting");
+    tracing::info!(%metrics_listen, dry_run, handoff, leader_elect, "reconciler starting");
 
     let result = if leader_elect {
         let lease = LeaseConfig {
