@@ -72,8 +72,16 @@ pub struct IronicApplyArgs {
     #[command(flatten)]
     pub ironic: IronicArgs,
     /// Print what would change without writing to Ironic.
-    #[arg(long, env = "BOOTVOLUME_DRY_RUN")]
+    #[arg(long, env = "BOOTVOLUME_DRY_RUN", conflicts_with = "adopt")]
     pub dry_run: bool,
+    /// Standalone Ironic (no baremetal-operator): after configuring, set a persistent PXE
+    /// boot device, manage, adopt, power on and wait for `active`; exit 0 only when the node
+    /// boots from its volume.
+    #[arg(long, env = "BOOTVOLUME_ADOPT")]
+    pub adopt: bool,
+    /// With `--adopt`: seconds to wait for each host to become `active`.
+    #[arg(long, default_value_t = 300, env = "BOOTVOLUME_ADOPT_TIMEOUT")]
+    pub adopt_timeout: u64,
 }
 
 /// `reconcile` flags.
@@ -144,13 +152,23 @@ pub fn run_ironic_apply(args: IronicApplyArgs) -> Result<u8, Error> {
         files,
         ironic,
         dry_run,
+        adopt,
+        adopt_timeout,
     } = args;
+    let adopt_within = adopt.then(|| Duration::from_secs(adopt_timeout.max(1)));
     init_process();
     let inputs = oneshot::read_inputs(&files)?;
     let client = ironic.client()?;
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
     let status = runtime()?
-        .block_on(oneshot::run(&client, &inputs, dry_run, &mut out, &mut err))
+        .block_on(oneshot::run(
+            &client,
+            &inputs,
+            dry_run,
+            adopt_within,
+            &mut out,
+            &mut err,
+        ))
         .map_err(|e| Error::Input(format!("writing output: {e}")))?;
     let _ = out.flush();
     Ok(status.code())
