@@ -169,17 +169,16 @@ impl TestHost {
     }
 }
 
-/// Configures the node from the manifest and adopts it: `bootvolume ironic-apply --adopt`.
-async fn apply_and_adopt(c: &IronicClient, uuid: &str, host: &Value, password: &str) {
+/// Configures the node from the manifest (the host and its Secret) and adopts it:
+/// `bootvolume ironic-apply --adopt` (boot target, persistent PXE boot device, manage,
+/// adopt, power on, wait for `active` booting from the target).
+fn apply_and_adopt(host: &Value, password: &str) -> Run {
     let ns = host["metadata"]["namespace"].as_str().expect("namespace");
     let (_dir, file) = manifest(&[host.clone(), secret(ns, "chap", USERNAME, password)]);
-    let run = ironic_apply(&file, &ironic().url, &[]);
+    let run = ironic_apply(&file, &ironic().url, &["--adopt", "--adopt-timeout", "60"]);
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(!run.all().contains(password), "password leaked:\n{}", run.all());
-    // TODO(h8): `--adopt` does the rest.
-    provision(c, uuid, "manage", "manageable").await;
-    provision(c, uuid, "adopt", "active").await;
-    power(c, uuid, "power on").await;
+    run
 }
 
 fn assert_booted(boot: &Boot, disk: &Disk) {
@@ -227,7 +226,8 @@ async fn adopted_by_ironic_apply_boots_from_the_volume() {
     let h = TestHost::new();
     let target = lab.target(PASSWORD, &[&h.p.connector_id]);
     let uuid = h.enroll(&lab.ironic).await;
-    apply_and_adopt(&lab.ironic, &uuid, &h.manifest(&target, LUN), PASSWORD).await;
+    let run = apply_and_adopt(&h.manifest(&target, LUN), PASSWORD);
+    println!("ironic-apply --adopt: {:.2} s", run.elapsed.as_secs_f64());
 
     let script = std::fs::read_to_string(ironic().http_root.join(&uuid).join("config")).expect("node script");
     assert!(script.contains("sanhook"), "{script}");
@@ -251,7 +251,11 @@ async fn misconfigured_hosts_do_not_boot() {
     );
     let configure = async |h: &TestHost, lun: u32, password: &str| {
         let uuid = h.enroll(&lab.ironic).await;
-        apply_and_adopt(&lab.ironic, &uuid, &h.manifest(&target, lun), password).await;
+        let host = h.manifest(&target, lun);
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || apply_and_adopt(&host, &password))
+            .await
+            .expect("ironic-apply");
         uuid
     };
     let (a, b, c) = tokio::join!(
