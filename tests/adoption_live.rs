@@ -24,6 +24,10 @@ const PASS_INTERVAL: Duration = Duration::from_millis(150);
 /// The controller under test, reduced to what these tests read from one pass.
 mod ctl {
     use super::*;
+    use bootvolume::reconcile::{
+        handshake::{EventKind, Options},
+        host_api::host_pass,
+    };
 
     /// One controller pass: what changed, the Events it would publish, the phase.
     #[derive(Clone, Debug, Default)]
@@ -34,18 +38,30 @@ mod ctl {
     }
 
     /// Runs one reconcile pass of the store's host, as the kube layer would.
-    pub async fn pass(ironic: &IronicClient, store: &HostStore, secret: &Secret) -> Result<Pass, String> {
-        use bootvolume::reconcile::apply::{HostSpec, apply};
-        let raw = store.get();
-        let host = HostSpec::from_value(&raw).map_err(|e| e.to_string())?;
-        let desired = host.desired(Some(secret)).map_err(|e| e.to_string())?;
-        let outcome = apply(ironic, &host, desired.as_ref(), false)
+    pub async fn pass(
+        ironic: &IronicClient,
+        store: &HostStore,
+        secret: &Secret,
+        options: &Options,
+    ) -> Result<Pass, String> {
+        let host = store.get();
+        let report = host_pass(ironic, store, &host, Some(secret), options)
             .await
             .map_err(|e| e.to_string())?;
         Ok(Pass {
-            changes: outcome.changes,
-            events: Vec::new(),
-            phase: String::new(),
+            changes: report.changes(),
+            events: report
+                .events
+                .iter()
+                .map(|e| {
+                    let kind = match e.kind {
+                        EventKind::Normal => "Normal",
+                        EventKind::Warning => "Warning",
+                    };
+                    (kind.to_owned(), e.reason.to_owned(), e.note.clone())
+                })
+                .collect(),
+            phase: report.phase.map(|p| p.label().to_owned()).unwrap_or_default(),
         })
     }
 }
@@ -105,6 +121,7 @@ struct Scenario {
     bmo: Bmo,
     ironic: IronicClient,
     secret: Secret,
+    options: bootvolume::reconcile::handshake::Options,
     passes: Vec<ctl::Pass>,
     errors: Vec<String>,
     started: Instant,
@@ -121,6 +138,7 @@ impl Scenario {
             store,
             bmo,
             ironic: client(),
+            options: Default::default(),
             passes: Vec::new(),
             errors: Vec::new(),
             started: Instant::now(),
@@ -129,7 +147,7 @@ impl Scenario {
 
     /// One controller pass; errors are kept (a 409 while BMO holds the lock is expected).
     async fn pass(&mut self) {
-        match ctl::pass(&self.ironic, &self.store, &self.secret).await {
+        match ctl::pass(&self.ironic, &self.store, &self.secret, &self.options).await {
             Ok(p) => self.passes.push(p),
             Err(e) => self.errors.push(e),
         }
@@ -172,6 +190,13 @@ impl Scenario {
     /// Everything useful for a failure message (no secrets: passwords never reach these).
     fn dump(&self) -> String {
         let events: Vec<String> = self.events().iter().map(|e| format!("{e:?}")).collect();
+        let passes: Vec<String> = self
+            .passes
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.changes.is_empty())
+            .map(|(i, p)| format!("pass {i} [{}]: {}", p.phase, p.changes.join("; ")))
+            .collect();
         let writes: Vec<String> = self
             .store
             .writes()
@@ -179,8 +204,9 @@ impl Scenario {
             .map(|w| format!("{:?} in {:?}: {} {:?}", w.by, w.bmo_state, w.what, w.rejected))
             .collect();
         format!(
-            "--- BMO timeline\n{}\n--- controller events\n{}\n--- controller errors\n{}\n--- host writes\n{}\n--- host\n{:#}",
+            "--- BMO timeline\n{}\n--- controller passes that changed something\n{}\n--- controller events\n{}\n--- controller errors\n{}\n--- host writes\n{}\n--- host\n{:#}",
             self.bmo.stats().log.join("\n"),
+            passes.join("\n"),
             events.join("\n"),
             self.errors.join("\n"),
             writes.join("\n"),
@@ -262,11 +288,12 @@ impl Scenario {
 
 fn fmt_calls(c: Calls) -> String {
     format!(
-        "{} ({} GET, {} POST, {} PATCH, {} PUT/DELETE)",
+        "{} ({} GET, {} POST, {} PATCH, {} PUT, {} DELETE)",
         c.total(),
         c.get,
         c.post,
         c.patch,
+        c.put,
         c.delete
     )
 }

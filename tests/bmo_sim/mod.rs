@@ -32,6 +32,7 @@ use bootvolume::{
     api::HostView,
     ironic::{Calls, Error as IronicError, IronicClient},
     mutate,
+    reconcile::{Error as ReconcileError, host_api::HostWriter},
     rules::{DEFAULT_PRESERVE_FOR, Policy},
 };
 use reqwest::Method;
@@ -278,6 +279,30 @@ impl HostStore {
     /// Seconds since the host was created (for timelines).
     pub fn elapsed(&self) -> Duration {
         self.lock().created.elapsed()
+    }
+}
+
+/// The controller writes the in-memory host as its kube layer writes the real one: a JSON
+/// merge patch; a webhook denial is the API server's refusal of the patch.
+impl HostWriter for HostStore {
+    async fn patch_host(
+        &self,
+        namespace: &str,
+        name: &str,
+        merge_patch: &Value,
+    ) -> Result<(), ReconcileError> {
+        let (ns, n) = self.key();
+        assert_eq!(
+            (namespace, name),
+            (ns.as_str(), n.as_str()),
+            "patch of another host"
+        );
+        self.merge_patch(Writer::Controller, merge_patch)
+            .map_err(|message| ReconcileError::HostRejected {
+                namespace: namespace.into(),
+                name: name.into(),
+                message,
+            })
     }
 }
 
@@ -817,13 +842,16 @@ impl Sim {
         let mut node = match node {
             Some(node) => node,
             None => {
-                // `enrollNode`. BMO also sends `inspect_interface: agent` (not enabled in the
-                // test Ironic; inspection is not simulated) and `disable_power_off` (needs API
-                // 1.95; the crate's client speaks 1.89); the deploy interface is Ironic's
-                // default, as BMO leaves it empty.
+                // `enrollNode`. BMO leaves the deploy interface empty, so Ironic's default
+                // applies: `direct` in metal3's ironic-image (`default_deploy_interface`),
+                // `fake` in the test Ironic, whose adoption would write no boot script; so
+                // it is named here. BMO also sends `inspect_interface: agent` (not enabled
+                // in the test Ironic; inspection is not simulated) and `disable_power_off`
+                // (API 1.95; the crate's client speaks 1.89).
                 let body = json!({
                     "driver": "fake-hardware",
                     "boot_interface": "ipxe",
+                    "deploy_interface": "direct",
                     "name": node_name,
                     "properties": {
                         "capabilities": capabilities_value(None, boot_mode(host)),
