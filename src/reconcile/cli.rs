@@ -72,8 +72,16 @@ pub struct IronicApplyArgs {
     #[command(flatten)]
     pub ironic: IronicArgs,
     /// Print what would change without writing to Ironic.
-    #[arg(long, env = "BOOTVOLUME_DRY_RUN")]
+    #[arg(long, env = "BOOTVOLUME_DRY_RUN", conflicts_with = "adopt")]
     pub dry_run: bool,
+    /// Standalone Ironic (no baremetal-operator): after configuring, set a persistent PXE
+    /// boot device, manage, adopt, power on and wait for `active`; exit 0 only when the node
+    /// boots from its volume.
+    #[arg(long, env = "BOOTVOLUME_ADOPT")]
+    pub adopt: bool,
+    /// With `--adopt`: seconds to wait for each host to become `active`.
+    #[arg(long, default_value_t = 300, env = "BOOTVOLUME_ADOPT_TIMEOUT")]
+    pub adopt_timeout: u64,
 }
 
 /// `reconcile` flags.
@@ -100,6 +108,11 @@ pub struct ReconcileArgs {
     /// Plan and report (Events, logs) without writing to Ironic.
     #[arg(long, env = "BOOTVOLUME_DRY_RUN")]
     pub dry_run: bool,
+    /// Hand configured hosts to baremetal-operator for adoption by setting
+    /// `spec.externallyProvisioned: true` (per-host opt-out: annotation
+    /// `bootvolume.metal3.io/handoff: "false"`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "BOOTVOLUME_HANDOFF")]
+    pub handoff: bool,
     /// Only act while holding the Lease (set false for a single replica without RBAC on leases).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "BOOTVOLUME_LEADER_ELECT")]
     pub leader_elect: bool,
@@ -139,13 +152,23 @@ pub fn run_ironic_apply(args: IronicApplyArgs) -> Result<u8, Error> {
         files,
         ironic,
         dry_run,
+        adopt,
+        adopt_timeout,
     } = args;
+    let adopt_within = adopt.then(|| Duration::from_secs(adopt_timeout.max(1)));
     init_process();
     let inputs = oneshot::read_inputs(&files)?;
     let client = ironic.client()?;
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
     let status = runtime()?
-        .block_on(oneshot::run(&client, &inputs, dry_run, &mut out, &mut err))
+        .block_on(oneshot::run(
+            &client,
+            &inputs,
+            dry_run,
+            adopt_within,
+            &mut out,
+            &mut err,
+        ))
         .map_err(|e| Error::Input(format!("writing output: {e}")))?;
     let _ = out.flush();
     Ok(status.code())
@@ -166,6 +189,7 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
         resync_interval,
         concurrency,
         dry_run,
+        handoff,
         leader_elect,
         lease_name,
         lease_namespace,
@@ -186,14 +210,9 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
         instance: Some(identity.clone()),
     };
     let resync = Duration::from_secs(resync_interval.max(1));
-    let ctx = Arc::new(Context::new(
-        kube.clone(),
-        ironic,
-        metrics.clone(),
-        reporter,
-        dry_run,
-        resync,
-    ));
+    let ctx = Arc::new(
+        Context::new(kube.clone(), ironic, metrics.clone(), reporter, dry_run, resync).with_handoff(handoff),
+    );
     let config = ControllerConfig {
         namespace,
         secret_label_selector,
@@ -214,7 +233,7 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
         let _ = metrics_shutdown.wait_for(|s| *s).await;
     });
     let server = tokio::spawn(async move { server.await });
-    tracing::info!(%metrics_listen, dry_run, leader_elect, "reconciler starting");
+    tracing::info!(%metrics_listen, dry_run, handoff, leader_elect, "reconciler starting");
 
     let result = if leader_elect {
         let lease = LeaseConfig {

@@ -8,7 +8,9 @@
 
 use super::{
     Error,
-    apply::{self, HostSpec, Outcome},
+    apply::{HostSpec, Outcome},
+    handshake::{self, EventKind, Phase},
+    host_api::{self, KubeHostWriter},
     metrics::Metrics,
     plan::Blocked,
 };
@@ -17,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DynamicObject, GroupVersionKind},
+    api::DynamicObject,
     core::PartialObjectMeta,
     runtime::{
         Controller,
@@ -44,13 +46,10 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Longest event note we send (the API limit is 1 kB).
 const MAX_NOTE: usize = 1000;
 
-/// `metal3.io/v1alpha1` `baremetalhosts`.
-pub fn host_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("metal3.io", "v1alpha1", "BareMetalHost"),
-        "baremetalhosts",
-    )
-}
+pub use super::host_api::host_resource;
+/// How soon a host handed over (or still being configured) is looked at again: adoption
+/// takes seconds, and Ironic's progress does not always change the host.
+const HANDSHAKE_RECHECK: Duration = Duration::from_secs(30);
 
 /// What every reconcile shares.
 pub struct Context {
@@ -61,6 +60,7 @@ pub struct Context {
     dry_run: bool,
     resync: Duration,
     backoff: Backoff,
+    handshake: handshake::Options,
 }
 
 impl Context {
@@ -83,7 +83,14 @@ impl Context {
             dry_run,
             resync,
             backoff: Backoff::default(),
+            handshake: handshake::Options::new(dry_run, true),
         }
+    }
+
+    /// Enables or disables the hand-over to baremetal-operator (`--handoff`, default on).
+    pub fn with_handoff(mut self, handoff: bool) -> Self {
+        self.handshake.handoff = handoff;
+        self
     }
 }
 
@@ -113,7 +120,17 @@ fn key(obj: &DynamicObject) -> String {
 #[tracing::instrument(skip_all, fields(host = %key(&obj)))]
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
-    let result = pass(&obj, &ctx).await;
+    let (result, handshake_events, phase) = match pass(&obj, &ctx).await {
+        Ok(report) => {
+            let mut outcome = report.outcome;
+            outcome.changes.extend(report.steps);
+            (Ok(outcome), report.events, report.phase)
+        }
+        Err(e) => (Err(e), Vec::new(), None),
+    };
+    if result.is_ok() {
+        ctx.metrics.set_host_phase(&key(&obj), phase);
+    }
     let label = match &result {
         Ok(o) if o.skipped.is_some() => "skipped",
         Ok(o) if !o.blocked.is_empty() => "waiting",
@@ -123,7 +140,17 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
     };
     ctx.metrics.record_reconcile(label, start.elapsed());
     let reference = obj.object_ref(&host_resource());
-    for event in events(&result, ctx.dry_run) {
+    let handshake_events = handshake_events.into_iter().map(|e| Event {
+        type_: match e.kind {
+            EventKind::Normal => EventType::Normal,
+            EventKind::Warning => EventType::Warning,
+        },
+        reason: e.reason.into(),
+        note: Some(truncate(e.note)),
+        action: "Handshake".into(),
+        secondary: None,
+    });
+    for event in events(&result, ctx.dry_run).into_iter().chain(handshake_events) {
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(error = %e, reason = event.reason, "cannot publish event");
         }
@@ -137,7 +164,12 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
     );
     if outcome.blocked.is_empty() {
         ctx.backoff.reset(&key(&obj));
-        Ok(Action::requeue(ctx.resync))
+        let recheck = matches!(phase, Some(Phase::HandedOver | Phase::Configuring));
+        Ok(Action::requeue(if recheck {
+            ctx.resync.min(HANDSHAKE_RECHECK)
+        } else {
+            ctx.resync
+        }))
     } else {
         Ok(Action::requeue(ctx.backoff.next(&key(&obj))))
     }
@@ -153,21 +185,18 @@ pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> 
     }
 }
 
-async fn pass(obj: &DynamicObject, ctx: &Context) -> Result<Outcome, Error> {
+async fn pass(obj: &DynamicObject, ctx: &Context) -> Result<host_api::Report, Error> {
     let raw = serde_json::to_value(obj).map_err(|e| Error::Input(format!("cannot read host: {e}")))?;
     let host = HostSpec::from_value(&raw)?;
-    if host.skip.is_some() {
-        return apply::apply(&ctx.ironic, &host, None, ctx.dry_run).await;
-    }
-    let secret = match host.secret_name()? {
+    let secret = match host.skip.map_or(host.secret_name(), |_| Ok(None))? {
         Some(name) => Api::<Secret>::namespaced(ctx.kube.clone(), &host.namespace)
             .get_opt(name)
             .await
             .map_err(|e| Error::Kube(format!("get Secret {}/{name}: {e}", host.namespace)))?,
         None => None,
     };
-    let desired = host.desired(secret.as_ref())?;
-    apply::apply(&ctx.ironic, &host, desired.as_ref(), ctx.dry_run).await
+    let writer = KubeHostWriter::new(ctx.kube.clone());
+    host_api::host_pass(&ctx.ironic, &writer, &raw, secret.as_ref(), &ctx.handshake).await
 }
 
 /// The Events one pass produces: applied changes, waits, or the error. An in-sync pass is

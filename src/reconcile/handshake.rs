@@ -430,7 +430,7 @@ pub fn decide(host: &HostFacts, node: &NodeFacts, sync: &SyncFacts, options: &Op
             generation: host.generation,
             reboot: node.power_state.as_deref() == Some("power on"),
         });
-        handed_over = true;
+        handed_over = !options.dry_run;
     }
 
     // Steps 3 and 4: the outcome.

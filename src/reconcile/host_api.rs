@@ -106,7 +106,7 @@ pub fn handover_patch(generation: Option<i64>, reboot: bool) -> Value {
 pub struct Report {
     /// Ironic configuration: node UUID, writes made (or, in dry-run, planned), waits, skip.
     pub outcome: Outcome,
-    /// Handshake writes made (or planned, in dry-run), described; never a secret.
+    /// Handshake writes made (in dry-run: planned), described; never a secret.
     pub steps: Vec<String>,
     /// Events to record on the host, in order.
     pub events: Vec<HostEvent>,
@@ -294,7 +294,7 @@ async fn run_steps(
     let Decision {
         steps, would, events, ..
     } = decision;
-    report.steps.extend(would.iter().map(|s| format!("would {s}")));
+    report.steps.extend(would.iter().map(ToString::to_string));
     let mut extra_events = Vec::new();
     let key = format!("{}/{}", spec.namespace, spec.name);
     for step in steps {

@@ -5,22 +5,34 @@
 //! - `bootvolume_reconcile_duration_seconds`: histogram of pass durations.
 //! - `bootvolume_ironic_requests_total{method,code}`: every Ironic request, `code` the HTTP
 //!   status or `error` when none came back.
+//! - `bootvolume_hosts{phase}`: hosts with `bootVolume` per adoption-handshake phase
+//!   ([`Phase::label`]); every phase is always exported, zero included.
 //!
 //! Labels never carry host names or values from a spec, so cardinality stays fixed and no
 //! secret can end up here.
 
+use super::handshake::Phase;
 use crate::ironic::RequestObserver;
 use axum::{Router, http::header, response::IntoResponse, routing::get};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,6 +47,8 @@ pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     duration: Histogram,
     ironic_requests: Family<IronicLabels, Counter>,
+    hosts: Family<PhaseLabels, Gauge>,
+    phases: Mutex<HashMap<String, Phase>>,
 }
 
 impl Default for Metrics {
@@ -66,11 +80,26 @@ impl Metrics {
             "Ironic API requests by method and status",
             ironic_requests.clone(),
         );
+        let hosts = Family::<PhaseLabels, Gauge>::default();
+        registry.register(
+            "bootvolume_hosts",
+            "Hosts with bootVolume by adoption phase",
+            hosts.clone(),
+        );
+        for phase in Phase::ALL {
+            hosts
+                .get_or_create(&PhaseLabels {
+                    phase: phase.label().into(),
+                })
+                .set(0);
+        }
         Self {
             registry,
             reconciles,
             duration,
             ironic_requests,
+            hosts,
+            phases: Mutex::default(),
         }
     }
 
@@ -89,6 +118,32 @@ impl Metrics {
         self.reconciles
             .get_or_create(&ResultLabels {
                 result: result.into(),
+            })
+            .get()
+    }
+
+    /// Records host `key`'s phase (`None`: no longer counted, e.g. deleted or no bootVolume).
+    pub fn set_host_phase(&self, key: &str, phase: Option<Phase>) {
+        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        match phase {
+            Some(p) => phases.insert(key.to_owned(), p),
+            None => phases.remove(key),
+        };
+        for p in Phase::ALL {
+            let n = phases.values().filter(|v| **v == p).count();
+            self.hosts
+                .get_or_create(&PhaseLabels {
+                    phase: p.label().into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Hosts counted in `phase` (tests assert on it).
+    pub fn hosts_in(&self, phase: Phase) -> i64 {
+        self.hosts
+            .get_or_create(&PhaseLabels {
+                phase: phase.label().into(),
             })
             .get()
     }
@@ -155,5 +210,24 @@ mod tests {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
         assert_eq!(m.reconciles("applied"), 1);
+    }
+
+    #[test]
+    fn host_phases_are_a_gauge_per_phase() {
+        let m = Metrics::new();
+        assert!(m.encode().contains(r#"bootvolume_hosts{phase="stale"} 0"#));
+        m.set_host_phase("a/h1", Some(Phase::HandedOver));
+        m.set_host_phase("a/h2", Some(Phase::HandedOver));
+        m.set_host_phase("a/h1", Some(Phase::BootingFromVolume));
+        assert_eq!(m.hosts_in(Phase::HandedOver), 1);
+        assert_eq!(m.hosts_in(Phase::BootingFromVolume), 1);
+        m.set_host_phase("a/h2", None);
+        let text = m.encode();
+        for want in [
+            r#"bootvolume_hosts{phase="handed_over"} 0"#,
+            r#"bootvolume_hosts{phase="booting_from_volume"} 1"#,
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
     }
 }
