@@ -305,10 +305,9 @@ fn fmt_calls(c: Calls) -> String {
 async fn fresh_host_is_handed_over_and_boots_from_its_volume() {
     let mut s = Scenario::start(true, false, BmoConfig::default());
     s.drive("booting from the volume", Duration::from_secs(25), async |s| {
-        s.boots_from_volume().await && s.store.get()["status"]["poweredOn"] == true && {
-            let stats = s.bmo.stats();
-            stats.power_on_requests >= 2 || stats.reboot_annotation_removals >= 1
-        }
+        s.boots_from_volume().await
+            && s.store.get()["status"]["poweredOn"] == true
+            && s.bmo.stats().powered_on_after_adoption()
     })
     .await;
     let to_active = s.started.elapsed();
@@ -365,7 +364,7 @@ async fn externally_provisioned_host_boots_from_its_volume_whatever_the_adoption
         };
         let mut s = Scenario::start(true, true, config);
         s.drive("booting from the volume", Duration::from_secs(20), async |s| {
-            s.boots_from_volume().await
+            s.boots_from_volume().await && s.bmo.stats().powered_on_after_adoption()
         })
         .await;
         let to_active = s.started.elapsed();
@@ -373,25 +372,27 @@ async fn externally_provisioned_host_boots_from_its_volume_whatever_the_adoption
         s.assert_script("chapuser");
         let dump = s.dump();
         let stats = s.stop().await;
-        let from_manageable = stats
-            .manageable_at
-            .zip(stats.active_at)
-            .map(|(m, a)| a.saturating_duration_since(m));
+        let since_manageable = |t: Option<Instant>| {
+            stats.manageable_at.zip(t).map_or("-".to_owned(), |(m, t)| {
+                format!("{:.2} s", t.saturating_duration_since(m).as_secs_f64())
+            })
+        };
         assert!(stats.adopt_failures.len() <= 1, "delay {delay_ms} ms\n{dump}");
         rows.push(format!(
-            "| {:>5.1} s | {:>15} | {:>14} | {:>17.2} s | {:>22} | {:>12} |",
+            "| {:>5.1} s | {:>16} | {:>14} | {:>17} | {:>18} | {:>17.2} s | {:>16} |",
             delay_ms as f64 / 1000.0,
             stats.adopt_failures.len(),
             stats.adopt_requests,
+            since_manageable(stats.first_adopt_at),
+            since_manageable(stats.active_at),
             to_active.as_secs_f64(),
-            from_manageable.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
             calls.total()
         ));
     }
     eprintln!(
         "\nadoption race (externallyProvisioned from the start)\n\
-         | delay   | adoptions failed | adopt requests | host create->active | manageable->active | ctl Ironic calls |\n\
-         |---------|------------------|----------------|---------------------|--------------------|------------------|\n{}",
+         | delay   | adoptions failed | adopt requests | manageable->adopt | manageable->active | create->booting | ctl Ironic calls |\n\
+         |---------|------------------|----------------|-------------------|--------------------|-----------------|------------------|\n{}",
         rows.join("\n")
     );
 }
@@ -426,8 +427,9 @@ async fn database_loss_converges_to_booting_from_the_volume_again() {
     let failed = stats.adopt_failures.len() - failures_before;
     assert!(failed <= 1, "{dump}");
     eprintln!(
-        "database loss: booting from the volume again {:.2}s after the loss ({failed} failed adoption(s) on the way)",
-        recovered.as_secs_f64()
+        "database loss: booting from the volume again {:.2}s after the loss ({failed} failed adoption(s) on the way)\n{}",
+        recovered.as_secs_f64(),
+        stats.log.join("\n")
     );
 }
 
@@ -551,7 +553,16 @@ async fn adopted_without_us_is_reported_and_left_alone() {
     }
     assert!(after["driver_internal_info"]["boot_from_volume"].is_null());
     let calls = s.ironic.calls();
+    assert_eq!(
+        (calls.put, calls.delete),
+        (0, 0),
+        "no power, provision or boot-device action, no deletion\n{dump}"
+    );
     let stats = s.stop().await;
+    assert!(
+        stats.capability_patches - bmo_before.capability_patches <= 1,
+        "BMO and the controller do not fight over capabilities\n{dump}"
+    );
     assert_eq!(stats.power_on_requests, bmo_before.power_on_requests);
     assert_eq!(stats.power_off_requests, bmo_before.power_off_requests);
     assert_eq!(stats.adopt_requests, bmo_before.adopt_requests);

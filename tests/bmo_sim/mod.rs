@@ -419,6 +419,8 @@ pub struct Stats {
     pub adopt_failures: Vec<String>,
     /// `power on` requests.
     pub power_on_requests: u32,
+    /// When the last `power on` was requested.
+    pub last_power_on_at: Option<Instant>,
     /// `power off` / `soft power off` requests.
     pub power_off_requests: u32,
     /// Times it removed the base reboot annotation.
@@ -429,7 +431,9 @@ pub struct Stats {
     pub nodes_deleted: u32,
     /// When the current node was first seen `manageable`.
     pub manageable_at: Option<Instant>,
-    /// When the last `adopt` was requested.
+    /// When the first and the last `adopt` were requested.
+    pub first_adopt_at: Option<Instant>,
+    /// See `first_adopt_at`.
     pub adopt_requested_at: Option<Instant>,
     /// When a node was first seen `active`.
     pub active_at: Option<Instant>,
@@ -437,6 +441,15 @@ pub struct Stats {
     pub errors: Vec<String>,
     /// Timeline: `+1.234s message`.
     pub log: Vec<String>,
+}
+
+impl Stats {
+    /// Whether the host's last power-on came after its node went `active`: only then did
+    /// it boot the script that adoption wrote (a host powered on before adoption keeps
+    /// running whatever it booted then).
+    pub fn powered_on_after_adoption(&self) -> bool {
+        matches!((self.last_power_on_at, self.active_at), (Some(on), Some(active)) if on > active)
+    }
 }
 
 struct Shared {
@@ -1140,6 +1153,7 @@ impl Sim {
                         "adopt" => {
                             s.adopt_requests += 1;
                             s.adopt_requested_at = Some(Instant::now());
+                            s.first_adopt_at.get_or_insert(Instant::now());
                         }
                         _ => {}
                     }
@@ -1450,6 +1464,7 @@ impl Sim {
                     let mut s = self.stats();
                     if target == "power on" {
                         s.power_on_requests += 1;
+                        s.last_power_on_at = Some(Instant::now());
                     } else {
                         s.power_off_requests += 1;
                     }
