@@ -687,7 +687,6 @@ impl Sim {
         {
             return Ok(step);
         }
-        let cfg = self.cfg();
         let next = |status: &mut Value, state: &str| {
             status["provisioning"]["state"] = json!(state);
             Ok(Step::update(Duration::ZERO))
@@ -737,10 +736,7 @@ impl Sim {
                     self.unsupported("leaving externally provisioned").await
                 }
             }
-            other => {
-                let _ = cfg;
-                self.unsupported(&format!("state {other}")).await
-            }
+            other => self.unsupported(&format!("state {other}")).await,
         }
     }
 
