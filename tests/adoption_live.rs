@@ -24,6 +24,10 @@ const PASS_INTERVAL: Duration = Duration::from_millis(150);
 /// The controller under test, reduced to what these tests read from one pass.
 mod ctl {
     use super::*;
+    use bootvolume::reconcile::{
+        handshake::{EventKind, Options},
+        host_api::host_pass,
+    };
 
     /// One controller pass: what changed, the Events it would publish, the phase.
     #[derive(Clone, Debug, Default)]
@@ -34,18 +38,30 @@ mod ctl {
     }
 
     /// Runs one reconcile pass of the store's host, as the kube layer would.
-    pub async fn pass(ironic: &IronicClient, store: &HostStore, secret: &Secret) -> Result<Pass, String> {
-        use bootvolume::reconcile::apply::{HostSpec, apply};
-        let raw = store.get();
-        let host = HostSpec::from_value(&raw).map_err(|e| e.to_string())?;
-        let desired = host.desired(Some(secret)).map_err(|e| e.to_string())?;
-        let outcome = apply(ironic, &host, desired.as_ref(), false)
+    pub async fn pass(
+        ironic: &IronicClient,
+        store: &HostStore,
+        secret: &Secret,
+        options: &Options,
+    ) -> Result<Pass, String> {
+        let host = store.get();
+        let report = host_pass(ironic, store, &host, Some(secret), options)
             .await
             .map_err(|e| e.to_string())?;
         Ok(Pass {
-            changes: outcome.changes,
-            events: Vec::new(),
-            phase: String::new(),
+            changes: report.changes(),
+            events: report
+                .events
+                .iter()
+                .map(|e| {
+                    let kind = match e.kind {
+                        EventKind::Normal => "Normal",
+                        EventKind::Warning => "Warning",
+                    };
+                    (kind.to_owned(), e.reason.to_owned(), e.note.clone())
+                })
+                .collect(),
+            phase: report.phase.map(|p| p.label().to_owned()).unwrap_or_default(),
         })
     }
 }
@@ -105,6 +121,7 @@ struct Scenario {
     bmo: Bmo,
     ironic: IronicClient,
     secret: Secret,
+    options: bootvolume::reconcile::handshake::Options,
     passes: Vec<ctl::Pass>,
     errors: Vec<String>,
     started: Instant,
@@ -121,6 +138,7 @@ impl Scenario {
             store,
             bmo,
             ironic: client(),
+            options: Default::default(),
             passes: Vec::new(),
             errors: Vec::new(),
             started: Instant::now(),
@@ -129,7 +147,7 @@ impl Scenario {
 
     /// One controller pass; errors are kept (a 409 while BMO holds the lock is expected).
     async fn pass(&mut self) {
-        match ctl::pass(&self.ironic, &self.store, &self.secret).await {
+        match ctl::pass(&self.ironic, &self.store, &self.secret, &self.options).await {
             Ok(p) => self.passes.push(p),
             Err(e) => self.errors.push(e),
         }
@@ -172,6 +190,13 @@ impl Scenario {
     /// Everything useful for a failure message (no secrets: passwords never reach these).
     fn dump(&self) -> String {
         let events: Vec<String> = self.events().iter().map(|e| format!("{e:?}")).collect();
+        let passes: Vec<String> = self
+            .passes
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.changes.is_empty())
+            .map(|(i, p)| format!("pass {i} [{}]: {}", p.phase, p.changes.join("; ")))
+            .collect();
         let writes: Vec<String> = self
             .store
             .writes()
@@ -179,8 +204,9 @@ impl Scenario {
             .map(|w| format!("{:?} in {:?}: {} {:?}", w.by, w.bmo_state, w.what, w.rejected))
             .collect();
         format!(
-            "--- BMO timeline\n{}\n--- controller events\n{}\n--- controller errors\n{}\n--- host writes\n{}\n--- host\n{:#}",
+            "--- BMO timeline\n{}\n--- controller passes that changed something\n{}\n--- controller events\n{}\n--- controller errors\n{}\n--- host writes\n{}\n--- host\n{:#}",
             self.bmo.stats().log.join("\n"),
+            passes.join("\n"),
             events.join("\n"),
             self.errors.join("\n"),
             writes.join("\n"),
@@ -262,11 +288,12 @@ impl Scenario {
 
 fn fmt_calls(c: Calls) -> String {
     format!(
-        "{} ({} GET, {} POST, {} PATCH, {} PUT/DELETE)",
+        "{} ({} GET, {} POST, {} PATCH, {} PUT, {} DELETE)",
         c.total(),
         c.get,
         c.post,
         c.patch,
+        c.put,
         c.delete
     )
 }
@@ -278,10 +305,9 @@ fn fmt_calls(c: Calls) -> String {
 async fn fresh_host_is_handed_over_and_boots_from_its_volume() {
     let mut s = Scenario::start(true, false, BmoConfig::default());
     s.drive("booting from the volume", Duration::from_secs(25), async |s| {
-        s.boots_from_volume().await && s.store.get()["status"]["poweredOn"] == true && {
-            let stats = s.bmo.stats();
-            stats.power_on_requests >= 2 || stats.reboot_annotation_removals >= 1
-        }
+        s.boots_from_volume().await
+            && s.store.get()["status"]["poweredOn"] == true
+            && s.bmo.stats().powered_on_after_adoption()
     })
     .await;
     let to_active = s.started.elapsed();
@@ -338,7 +364,7 @@ async fn externally_provisioned_host_boots_from_its_volume_whatever_the_adoption
         };
         let mut s = Scenario::start(true, true, config);
         s.drive("booting from the volume", Duration::from_secs(20), async |s| {
-            s.boots_from_volume().await
+            s.boots_from_volume().await && s.bmo.stats().powered_on_after_adoption()
         })
         .await;
         let to_active = s.started.elapsed();
@@ -346,25 +372,27 @@ async fn externally_provisioned_host_boots_from_its_volume_whatever_the_adoption
         s.assert_script("chapuser");
         let dump = s.dump();
         let stats = s.stop().await;
-        let from_manageable = stats
-            .manageable_at
-            .zip(stats.active_at)
-            .map(|(m, a)| a.saturating_duration_since(m));
+        let since_manageable = |t: Option<Instant>| {
+            stats.manageable_at.zip(t).map_or("-".to_owned(), |(m, t)| {
+                format!("{:.2} s", t.saturating_duration_since(m).as_secs_f64())
+            })
+        };
         assert!(stats.adopt_failures.len() <= 1, "delay {delay_ms} ms\n{dump}");
         rows.push(format!(
-            "| {:>5.1} s | {:>15} | {:>14} | {:>17.2} s | {:>22} | {:>12} |",
+            "| {:>5.1} s | {:>16} | {:>14} | {:>17} | {:>18} | {:>17.2} s | {:>16} |",
             delay_ms as f64 / 1000.0,
             stats.adopt_failures.len(),
             stats.adopt_requests,
+            since_manageable(stats.first_adopt_at),
+            since_manageable(stats.active_at),
             to_active.as_secs_f64(),
-            from_manageable.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
             calls.total()
         ));
     }
     eprintln!(
         "\nadoption race (externallyProvisioned from the start)\n\
-         | delay   | adoptions failed | adopt requests | host create->active | manageable->active | ctl Ironic calls |\n\
-         |---------|------------------|----------------|---------------------|--------------------|------------------|\n{}",
+         | delay   | adoptions failed | adopt requests | manageable->adopt | manageable->active | create->booting | ctl Ironic calls |\n\
+         |---------|------------------|----------------|-------------------|--------------------|-----------------|------------------|\n{}",
         rows.join("\n")
     );
 }
@@ -399,8 +427,9 @@ async fn database_loss_converges_to_booting_from_the_volume_again() {
     let failed = stats.adopt_failures.len() - failures_before;
     assert!(failed <= 1, "{dump}");
     eprintln!(
-        "database loss: booting from the volume again {:.2}s after the loss ({failed} failed adoption(s) on the way)",
-        recovered.as_secs_f64()
+        "database loss: booting from the volume again {:.2}s after the loss ({failed} failed adoption(s) on the way)\n{}",
+        recovered.as_secs_f64(),
+        stats.log.join("\n")
     );
 }
 
@@ -524,7 +553,16 @@ async fn adopted_without_us_is_reported_and_left_alone() {
     }
     assert!(after["driver_internal_info"]["boot_from_volume"].is_null());
     let calls = s.ironic.calls();
+    assert_eq!(
+        (calls.put, calls.delete),
+        (0, 0),
+        "no power, provision or boot-device action, no deletion\n{dump}"
+    );
     let stats = s.stop().await;
+    assert!(
+        stats.capability_patches - bmo_before.capability_patches <= 1,
+        "BMO and the controller do not fight over capabilities\n{dump}"
+    );
     assert_eq!(stats.power_on_requests, bmo_before.power_on_requests);
     assert_eq!(stats.power_off_requests, bmo_before.power_off_requests);
     assert_eq!(stats.adopt_requests, bmo_before.adopt_requests);

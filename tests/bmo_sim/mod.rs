@@ -32,6 +32,7 @@ use bootvolume::{
     api::HostView,
     ironic::{Calls, Error as IronicError, IronicClient},
     mutate,
+    reconcile::{Error as ReconcileError, host_api::HostWriter},
     rules::{DEFAULT_PRESERVE_FOR, Policy},
 };
 use reqwest::Method;
@@ -281,6 +282,30 @@ impl HostStore {
     }
 }
 
+/// The controller writes the in-memory host as its kube layer writes the real one: a JSON
+/// merge patch; a webhook denial is the API server's refusal of the patch.
+impl HostWriter for HostStore {
+    async fn patch_host(
+        &self,
+        namespace: &str,
+        name: &str,
+        merge_patch: &Value,
+    ) -> Result<(), ReconcileError> {
+        let (ns, n) = self.key();
+        assert_eq!(
+            (namespace, name),
+            (ns.as_str(), n.as_str()),
+            "patch of another host"
+        );
+        self.merge_patch(Writer::Controller, merge_patch)
+            .map_err(|message| ReconcileError::HostRejected {
+                namespace: namespace.into(),
+                name: name.into(),
+                message,
+            })
+    }
+}
+
 /// API server bookkeeping for an accepted write of `new` over `old`.
 fn commit(old: &Value, new: &mut Value) {
     let rv: u64 = str_at(old, "/metadata/resourceVersion").parse().unwrap_or(0);
@@ -394,6 +419,8 @@ pub struct Stats {
     pub adopt_failures: Vec<String>,
     /// `power on` requests.
     pub power_on_requests: u32,
+    /// When the last `power on` was requested.
+    pub last_power_on_at: Option<Instant>,
     /// `power off` / `soft power off` requests.
     pub power_off_requests: u32,
     /// Times it removed the base reboot annotation.
@@ -404,7 +431,9 @@ pub struct Stats {
     pub nodes_deleted: u32,
     /// When the current node was first seen `manageable`.
     pub manageable_at: Option<Instant>,
-    /// When the last `adopt` was requested.
+    /// When the first and the last `adopt` were requested.
+    pub first_adopt_at: Option<Instant>,
+    /// See `first_adopt_at`.
     pub adopt_requested_at: Option<Instant>,
     /// When a node was first seen `active`.
     pub active_at: Option<Instant>,
@@ -412,6 +441,15 @@ pub struct Stats {
     pub errors: Vec<String>,
     /// Timeline: `+1.234s message`.
     pub log: Vec<String>,
+}
+
+impl Stats {
+    /// Whether the host's last power-on came after its node went `active`: only then did
+    /// it boot the script that adoption wrote (a host powered on before adoption keeps
+    /// running whatever it booted then).
+    pub fn powered_on_after_adoption(&self) -> bool {
+        matches!((self.last_power_on_at, self.active_at), (Some(on), Some(active)) if on > active)
+    }
 }
 
 struct Shared {
@@ -649,7 +687,6 @@ impl Sim {
         {
             return Ok(step);
         }
-        let cfg = self.cfg();
         let next = |status: &mut Value, state: &str| {
             status["provisioning"]["state"] = json!(state);
             Ok(Step::update(Duration::ZERO))
@@ -699,10 +736,7 @@ impl Sim {
                     self.unsupported("leaving externally provisioned").await
                 }
             }
-            other => {
-                let _ = cfg;
-                self.unsupported(&format!("state {other}")).await
-            }
+            other => self.unsupported(&format!("state {other}")).await,
         }
     }
 
@@ -817,13 +851,16 @@ impl Sim {
         let mut node = match node {
             Some(node) => node,
             None => {
-                // `enrollNode`. BMO also sends `inspect_interface: agent` (not enabled in the
-                // test Ironic; inspection is not simulated) and `disable_power_off` (needs API
-                // 1.95; the crate's client speaks 1.89); the deploy interface is Ironic's
-                // default, as BMO leaves it empty.
+                // `enrollNode`. BMO leaves the deploy interface empty, so Ironic's default
+                // applies: `direct` in metal3's ironic-image (`default_deploy_interface`),
+                // `fake` in the test Ironic, whose adoption would write no boot script; so
+                // it is named here. BMO also sends `inspect_interface: agent` (not enabled
+                // in the test Ironic; inspection is not simulated) and `disable_power_off`
+                // (API 1.95; the crate's client speaks 1.89).
                 let body = json!({
                     "driver": "fake-hardware",
                     "boot_interface": "ipxe",
+                    "deploy_interface": "direct",
                     "name": node_name,
                     "properties": {
                         "capabilities": capabilities_value(None, boot_mode(host)),
@@ -1112,6 +1149,7 @@ impl Sim {
                         "adopt" => {
                             s.adopt_requests += 1;
                             s.adopt_requested_at = Some(Instant::now());
+                            s.first_adopt_at.get_or_insert(Instant::now());
                         }
                         _ => {}
                     }
@@ -1422,6 +1460,7 @@ impl Sim {
                     let mut s = self.stats();
                     if target == "power on" {
                         s.power_on_requests += 1;
+                        s.last_power_on_at = Some(Instant::now());
                     } else {
                         s.power_off_requests += 1;
                     }
