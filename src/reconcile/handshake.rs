@@ -203,6 +203,8 @@ impl Options {
 /// What we remember of one host between passes.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HostMemory {
+    /// The generation handed over by this process (the watch may still show the old host).
+    pub handed_over_generation: Option<i64>,
     /// The generation whose hand-over was refused (not retried in that generation).
     pub rejected_generation: Option<i64>,
     /// The phase after the last pass.
