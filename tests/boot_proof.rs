@@ -14,14 +14,13 @@ mod bmo_sim;
 mod boot_support;
 mod ironic_support;
 
-use bmo_sim::{Bmo, BmoConfig, HostStore, Writer};
+use bmo_sim::{Bmo, BmoConfig, HostStore};
 use boot_support::{Boot, Disk, LUN, Target, TargetSpec, VmSpec};
 use bootvolume::{
     ironic::IronicClient,
     reconcile::{
-        Error as ReconcileError,
         handshake::{Options, Phase},
-        host_api::{HostWriter, host_pass},
+        host_api::host_pass,
     },
 };
 use ironic_support::*;
@@ -292,26 +291,6 @@ async fn misconfigured_hosts_do_not_boot() {
 // Through the controller's handshake with a simulated baremetal-operator (tests/bmo_sim).
 // ---------------------------------------------------------------------------------------------
 
-/// The controller's host writes land in the simulator's in-memory host.
-struct StoreWriter(HostStore);
-
-impl HostWriter for StoreWriter {
-    async fn patch_host(
-        &self,
-        namespace: &str,
-        name: &str,
-        merge_patch: &Value,
-    ) -> Result<(), ReconcileError> {
-        self.0
-            .merge_patch(Writer::Controller, merge_patch)
-            .map_err(|message| ReconcileError::HostRejected {
-                namespace: namespace.into(),
-                name: name.into(),
-                message,
-            })
-    }
-}
-
 /// One host driven by the simulated BMO and the controller's pass (`host_pass`), as the
 /// `reconcile` controller runs it for each host event.
 struct Handshake {
@@ -346,10 +325,9 @@ impl Handshake {
     }
 
     async fn pass(&mut self) {
-        let writer = StoreWriter(self.store.clone());
         match host_pass(
             &self.ironic,
-            &writer,
+            &self.store,
             &self.store.get(),
             Some(&self.secret),
             &self.options,
