@@ -38,8 +38,13 @@ start:
     out 0xf4, al                ; exit code 35
     jmp .halt
 
-; Writes the NUL-terminated string at DS:SI to COM1, polling the transmitter-empty bit.
+; Writes the NUL-terminated string at DS:SI to COM1, polling the transmitter-empty bit,
+; with interrupts off: SeaBIOS's serial console flushes the firmware's buffered output from
+; its timer interrupt, which would otherwise land in the middle of our strings.
 puts:
+    pushf
+    cli
+.next:
     lodsb
     test al, al
     jz .done
@@ -52,8 +57,9 @@ puts:
     mov al, bl
     mov dx, 0x3f8               ; transmit holding register
     out dx, al
-    jmp puts
+    jmp .next
 .done:
+    popf
     ret
 
 marker:     db 13, 10, "BOOTVOLUME-MBR-OK", 13, 10, 0
