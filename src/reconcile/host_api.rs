@@ -152,6 +152,8 @@ fn host_facts(raw: &Value, memory: &HostMemory) -> HostFacts {
             recorded
         },
         adopt_retry: annotation(ADOPT_RETRY_ANNOTATION).map(str::to_owned),
+        adoption_failure_recorded: raw.pointer("/status/errorType").and_then(Value::as_str)
+            == Some(handshake::ADOPTION_ERROR_TYPE),
         previous_phase: memory.phase,
     }
 }
@@ -216,7 +218,7 @@ pub async fn host_pass(
     }
     let desired = spec.desired(secret)?;
     let configured = apply::apply_detailed(ironic, &spec, desired.as_ref(), options.dry_run).await?;
-    let (outcome, before, actions) = (configured.outcome, configured.before, configured.actions);
+    let (mut outcome, before, actions) = (configured.outcome, configured.before, configured.actions);
     let Some(before) = before else {
         return Ok(Report {
             outcome,
@@ -262,6 +264,17 @@ pub async fn host_pass(
                     | Action::CreateTarget(_)
             )
         });
+    // Adoption needs only the boot target and the capability: a storage interface Ironic
+    // refuses to change after a failed adoption, or on a node already booting from our
+    // target, is not worth a warning on every pass.
+    let booting = node.state() == "active"
+        && boot_target.is_some()
+        && node.boot_from_volume() == boot_target.as_deref();
+    if node.state() == "adopt failed" || booting {
+        outcome
+            .blocked
+            .retain(|b| !matches!(b, Blocked::InterfaceChangeNotAllowed { .. }));
+    }
     let applied = !options.dry_run;
     let sync = SyncFacts {
         in_sync: outcome.blocked.is_empty() && (applied || outcome.changes.is_empty()),
