@@ -58,6 +58,8 @@ pub const BOOT_DEVICE_KEY: &str = "bootvolume_boot_device";
 /// Node `extra` key: a change reached Ironic while the node was `active`; its boot script
 /// is stale until the node is adopted again (a new node record starts without it).
 pub const STALE_KEY: &str = "bootvolume_script_stale";
+/// BMO's `status.errorType` after a failed adoption; its next reconcile re-adopts.
+pub const ADOPTION_ERROR_TYPE: &str = "provisioned registration error";
 /// The field manager of our writes to hosts.
 pub const FIELD_MANAGER: &str = "bootvolume";
 
@@ -127,6 +129,10 @@ pub struct HostFacts {
     pub handed_over_generation: Option<i64>,
     /// Annotation [`ADOPT_RETRY_ANNOTATION`]'s value.
     pub adopt_retry: Option<String>,
+    /// BMO recorded the failed adoption (`status.errorType` [`ADOPTION_ERROR_TYPE`]): only
+    /// then does its next reconcile re-adopt (before, it would record the failure and wait
+    /// out its backoff, wasting our poke).
+    pub adoption_failure_recorded: bool,
     /// The phase this host had after our previous pass (memory): Events are sent on change.
     pub previous_phase: Option<Phase>,
 }
@@ -203,6 +209,8 @@ impl Options {
 /// What we remember of one host between passes.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HostMemory {
+    /// The generation handed over by this process (the watch may still show the old host).
+    pub handed_over_generation: Option<i64>,
     /// The generation whose hand-over was refused (not retried in that generation).
     pub rejected_generation: Option<i64>,
     /// The phase after the last pass.
@@ -409,7 +417,11 @@ pub fn decide(host: &HostFacts, node: &NodeFacts, sync: &SyncFacts, options: &Op
     }
 
     // Step 1c: a failed adoption, now configured: make BMO retry at once.
-    if state == "adopt failed" && sync.adoptable && host.externally_provisioned {
+    if state == "adopt failed"
+        && sync.adoptable
+        && host.externally_provisioned
+        && host.adoption_failure_recorded
+    {
         let token = format!(
             "{}@{}",
             node.uuid,

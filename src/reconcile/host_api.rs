@@ -7,9 +7,9 @@ use super::{
     apply::{self, HostSpec, Outcome},
     handshake::{
         self, ADOPT_RETRY_ANNOTATION, BOOT_DEVICE_KEY, Decision, EventKind, FIELD_MANAGER,
-        HANDED_OVER_ANNOTATION, HANDOFF_ANNOTATION, HostEvent, HostFacts, NodeFacts, Options, Phase,
-        REASON_ADOPTION_RETRY, REASON_HANDED_OVER, REASON_HANDOVER_REJECTED, REBOOT_ANNOTATION, REBOOT_VALUE,
-        STALE_KEY, Step, SyncFacts,
+        HANDED_OVER_ANNOTATION, HANDOFF_ANNOTATION, HostEvent, HostFacts, HostMemory, NodeFacts, Options,
+        Phase, REASON_ADOPTION_RETRY, REASON_HANDED_OVER, REASON_HANDOVER_REJECTED, REBOOT_ANNOTATION,
+        REBOOT_VALUE, STALE_KEY, Step, SyncFacts,
     },
     plan::{Action, Blocked, ISCSI_BOOT_CAPABILITY},
 };
@@ -122,7 +122,7 @@ impl Report {
 }
 
 /// Lookup helpers over the host JSON.
-fn host_facts(raw: &Value, previous_phase: Option<Phase>, rejected: Option<i64>) -> HostFacts {
+fn host_facts(raw: &Value, memory: &HostMemory) -> HostFacts {
     let spec = |k: &str| raw.pointer(&format!("/spec/{k}")).filter(|v| !v.is_null());
     let annotation = |k: &str| {
         raw.pointer("/metadata/annotations")
@@ -142,14 +142,19 @@ fn host_facts(raw: &Value, previous_phase: Option<Phase>, rejected: Option<i64>)
         has_image: spec("image").is_some(),
         has_custom_deploy: spec("customDeploy").is_some(),
         opted_out: annotation(HANDOFF_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("false")),
-        // A rejected generation counts as handed over: not retried until the host changes.
-        handed_over_generation: if rejected.is_some() && rejected == generation {
-            rejected
+        // Handed over (or refused) by us in this generation: not again until the host
+        // changes, even while the watch still delivers the object from before our patch.
+        handed_over_generation: if generation.is_some()
+            && (memory.handed_over_generation == generation || memory.rejected_generation == generation)
+        {
+            generation
         } else {
             recorded
         },
         adopt_retry: annotation(ADOPT_RETRY_ANNOTATION).map(str::to_owned),
-        previous_phase,
+        adoption_failure_recorded: raw.pointer("/status/errorType").and_then(Value::as_str)
+            == Some(handshake::ADOPTION_ERROR_TYPE),
+        previous_phase: memory.phase,
     }
 }
 
@@ -213,7 +218,7 @@ pub async fn host_pass(
     }
     let desired = spec.desired(secret)?;
     let configured = apply::apply_detailed(ironic, &spec, desired.as_ref(), options.dry_run).await?;
-    let (outcome, before, actions) = (configured.outcome, configured.before, configured.actions);
+    let (mut outcome, before, actions) = (configured.outcome, configured.before, configured.actions);
     let Some(before) = before else {
         return Ok(Report {
             outcome,
@@ -259,6 +264,17 @@ pub async fn host_pass(
                     | Action::CreateTarget(_)
             )
         });
+    // Adoption needs only the boot target and the capability: a storage interface Ironic
+    // refuses to change after a failed adoption, or on a node already booting from our
+    // target, is not worth a warning on every pass.
+    let booting = node.state() == "active"
+        && boot_target.is_some()
+        && node.boot_from_volume() == boot_target.as_deref();
+    if node.state() == "adopt failed" || booting {
+        outcome
+            .blocked
+            .retain(|b| !matches!(b, Blocked::InterfaceChangeNotAllowed { .. }));
+    }
     let applied = !options.dry_run;
     let sync = SyncFacts {
         in_sync: outcome.blocked.is_empty() && (applied || outcome.changes.is_empty()),
@@ -269,7 +285,7 @@ pub async fn host_pass(
         volume_changed: volume_changed && (applied || waits_for_power),
     };
     let memory = options.memory.get(&key);
-    let facts = host_facts(host, memory.phase, memory.rejected_generation);
+    let facts = host_facts(host, &memory);
     let nf = node_facts(&node);
     let decision = handshake::decide(&facts, &nf, &sync, options);
     let mut report = Report {
@@ -309,6 +325,9 @@ async fn run_steps(
                 let patch = handover_patch(*generation, *reboot);
                 match writer.patch_host(&spec.namespace, &spec.name, &patch).await {
                     Ok(()) => {
+                        options
+                            .memory
+                            .update(&key, |m| m.handed_over_generation = *generation);
                         report.phase = Some(Phase::HandedOver);
                         extra_events.push(HostEvent {
                             kind: EventKind::Normal,

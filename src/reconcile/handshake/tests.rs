@@ -334,6 +334,7 @@ fn handshake_table() {
             HostFacts {
                 externally_provisioned: true,
                 provisioning_state: "externally provisioned".into(),
+                adoption_failure_recorded: true,
                 ..host()
             },
             NodeFacts {
@@ -352,9 +353,27 @@ fn handshake_table() {
             Phase::HandedOver,
         ),
         (
+            "adopt_failed_not_yet_seen_by_bmo_waits",
+            HostFacts {
+                externally_provisioned: true,
+                provisioning_state: "externally provisioned".into(),
+                ..host()
+            },
+            NodeFacts {
+                provision_state: "adopt failed".into(),
+                provision_updated_at: Some("t1".into()),
+                ..node()
+            },
+            synced(),
+            on.clone(),
+            vec![],
+            Phase::HandedOver,
+        ),
+        (
             "adopt_failed_retry_requested_once",
             HostFacts {
                 externally_provisioned: true,
+                adoption_failure_recorded: true,
                 adopt_retry: Some(format!("{NODE}@t1")),
                 ..host()
             },
@@ -372,6 +391,7 @@ fn handshake_table() {
             "adopt_failed_not_configured_no_retry",
             HostFacts {
                 externally_provisioned: true,
+                adoption_failure_recorded: true,
                 ..host()
             },
             NodeFacts {
