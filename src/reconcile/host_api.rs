@@ -141,6 +141,7 @@ fn host_facts(raw: &Value, memory: &HostMemory) -> HostFacts {
         externally_provisioned: spec("externallyProvisioned").and_then(Value::as_bool) == Some(true),
         has_image: spec("image").is_some(),
         has_custom_deploy: spec("customDeploy").is_some(),
+        online: spec("online").and_then(Value::as_bool) == Some(true),
         opted_out: annotation(HANDOFF_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("false")),
         // Handed over (or refused) by us in this generation: not again until the host
         // changes, even while the watch still delivers the object from before our patch.

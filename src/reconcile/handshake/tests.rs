@@ -172,6 +172,18 @@ fn handshake_table() {
             Phase::HandedOver,
         ),
         (
+            "hand_over_of_an_online_host_asks_one_reboot_even_while_off",
+            HostFacts {
+                online: true,
+                ..host()
+            },
+            node(),
+            synced(),
+            on.clone(),
+            vec![hand_over(true)],
+            Phase::HandedOver,
+        ),
+        (
             "available_node_is_managed_first",
             host(),
             NodeFacts {
