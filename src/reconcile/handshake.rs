@@ -12,7 +12,8 @@
 //!    and record it in the node's `extra` (BMCs do not report persistence reliably);
 //! 2. hand over: `manage` an `available` node (BMO adopts only `manageable` ones), then
 //!    merge-patch `spec.externallyProvisioned: true` into the host, with BMO's reboot
-//!    annotation when the node is powered on (it runs something else and must boot again);
+//!    annotation when the node is powered on or the host is `online` (it runs, or is about
+//!    to run, something else and must boot again);
 //! 3. after a failed adoption (BMO was faster than our configuration), change an annotation
 //!    of ours once the node is configured: an annotation change makes BMO retry at once
 //!    instead of after its minutes-long backoff;
@@ -58,6 +59,8 @@ pub const BOOT_DEVICE_KEY: &str = "bootvolume_boot_device";
 /// Node `extra` key: a change reached Ironic while the node was `active`; its boot script
 /// is stale until the node is adopted again (a new node record starts without it).
 pub const STALE_KEY: &str = "bootvolume_script_stale";
+/// BMO's `status.errorType` after a failed adoption; its next reconcile re-adopts.
+pub const ADOPTION_ERROR_TYPE: &str = "provisioned registration error";
 /// The field manager of our writes to hosts.
 pub const FIELD_MANAGER: &str = "bootvolume";
 
@@ -121,12 +124,19 @@ pub struct HostFacts {
     pub has_image: bool,
     /// `spec.customDeploy` is set.
     pub has_custom_deploy: bool,
+    /// `spec.online` is true: BMO powers an `available` host on, possibly just before
+    /// adoption, so the node may be on at adoption even if it was off at hand-over.
+    pub online: bool,
     /// Annotation [`HANDOFF_ANNOTATION`] is `"false"`.
     pub opted_out: bool,
     /// The generation last handed over (our annotation, or memory after a rejection).
     pub handed_over_generation: Option<i64>,
     /// Annotation [`ADOPT_RETRY_ANNOTATION`]'s value.
     pub adopt_retry: Option<String>,
+    /// BMO recorded the failed adoption (`status.errorType` [`ADOPTION_ERROR_TYPE`]): only
+    /// then does its next reconcile re-adopt (before, it would record the failure and wait
+    /// out its backoff, wasting our poke).
+    pub adoption_failure_recorded: bool,
     /// The phase this host had after our previous pass (memory): Events are sent on change.
     pub previous_phase: Option<Phase>,
 }
@@ -253,7 +263,8 @@ pub enum Step {
     HandOver {
         /// The generation handed over.
         generation: Option<i64>,
-        /// The node was powered on: ask BMO for one hard reboot after adoption.
+        /// The node was powered on, or the host is `online`: ask BMO for one hard reboot
+        /// after adoption (BMO only removes the annotation and powers on a node that is off).
         reboot: bool,
     },
     /// Merge-patch the host's [`ADOPT_RETRY_ANNOTATION`] to `token`.
@@ -411,7 +422,11 @@ pub fn decide(host: &HostFacts, node: &NodeFacts, sync: &SyncFacts, options: &Op
     }
 
     // Step 1c: a failed adoption, now configured: make BMO retry at once.
-    if state == "adopt failed" && sync.adoptable && host.externally_provisioned {
+    if state == "adopt failed"
+        && sync.adoptable
+        && host.externally_provisioned
+        && host.adoption_failure_recorded
+    {
         let token = format!(
             "{}@{}",
             node.uuid,
@@ -430,7 +445,11 @@ pub fn decide(host: &HostFacts, node: &NodeFacts, sync: &SyncFacts, options: &Op
         }
         steps.push(Step::HandOver {
             generation: host.generation,
-            reboot: node.power_state.as_deref() == Some("power on"),
+            // Not only "on now": BMO powers an online `available` host on at the same moment
+            // we see `available`, and a node that comes up before adoption would keep running
+            // what it booted. For a node that is off at adoption BMO's `manageHostPower`
+            // just removes the annotation and powers on once: no extra power cycle.
+            reboot: node.power_state.as_deref() == Some("power on") || host.online,
         });
         handed_over = !options.dry_run;
     }

@@ -141,6 +141,7 @@ fn host_facts(raw: &Value, memory: &HostMemory) -> HostFacts {
         externally_provisioned: spec("externallyProvisioned").and_then(Value::as_bool) == Some(true),
         has_image: spec("image").is_some(),
         has_custom_deploy: spec("customDeploy").is_some(),
+        online: spec("online").and_then(Value::as_bool) == Some(true),
         opted_out: annotation(HANDOFF_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("false")),
         // Handed over (or refused) by us in this generation: not again until the host
         // changes, even while the watch still delivers the object from before our patch.
@@ -152,6 +153,8 @@ fn host_facts(raw: &Value, memory: &HostMemory) -> HostFacts {
             recorded
         },
         adopt_retry: annotation(ADOPT_RETRY_ANNOTATION).map(str::to_owned),
+        adoption_failure_recorded: raw.pointer("/status/errorType").and_then(Value::as_str)
+            == Some(handshake::ADOPTION_ERROR_TYPE),
         previous_phase: memory.phase,
     }
 }
@@ -216,7 +219,7 @@ pub async fn host_pass(
     }
     let desired = spec.desired(secret)?;
     let configured = apply::apply_detailed(ironic, &spec, desired.as_ref(), options.dry_run).await?;
-    let (outcome, before, actions) = (configured.outcome, configured.before, configured.actions);
+    let (mut outcome, before, actions) = (configured.outcome, configured.before, configured.actions);
     let Some(before) = before else {
         return Ok(Report {
             outcome,
@@ -262,6 +265,17 @@ pub async fn host_pass(
                     | Action::CreateTarget(_)
             )
         });
+    // Adoption needs only the boot target and the capability: a storage interface Ironic
+    // refuses to change after a failed adoption, or on a node already booting from our
+    // target, is not worth a warning on every pass.
+    let booting = node.state() == "active"
+        && boot_target.is_some()
+        && node.boot_from_volume() == boot_target.as_deref();
+    if node.state() == "adopt failed" || booting {
+        outcome
+            .blocked
+            .retain(|b| !matches!(b, Blocked::InterfaceChangeNotAllowed { .. }));
+    }
     let applied = !options.dry_run;
     let sync = SyncFacts {
         in_sync: outcome.blocked.is_empty() && (applied || outcome.changes.is_empty()),

@@ -172,6 +172,18 @@ fn handshake_table() {
             Phase::HandedOver,
         ),
         (
+            "hand_over_of_an_online_host_asks_one_reboot_even_while_off",
+            HostFacts {
+                online: true,
+                ..host()
+            },
+            node(),
+            synced(),
+            on.clone(),
+            vec![hand_over(true)],
+            Phase::HandedOver,
+        ),
+        (
             "available_node_is_managed_first",
             host(),
             NodeFacts {
@@ -334,6 +346,7 @@ fn handshake_table() {
             HostFacts {
                 externally_provisioned: true,
                 provisioning_state: "externally provisioned".into(),
+                adoption_failure_recorded: true,
                 ..host()
             },
             NodeFacts {
@@ -352,9 +365,27 @@ fn handshake_table() {
             Phase::HandedOver,
         ),
         (
+            "adopt_failed_not_yet_seen_by_bmo_waits",
+            HostFacts {
+                externally_provisioned: true,
+                provisioning_state: "externally provisioned".into(),
+                ..host()
+            },
+            NodeFacts {
+                provision_state: "adopt failed".into(),
+                provision_updated_at: Some("t1".into()),
+                ..node()
+            },
+            synced(),
+            on.clone(),
+            vec![],
+            Phase::HandedOver,
+        ),
+        (
             "adopt_failed_retry_requested_once",
             HostFacts {
                 externally_provisioned: true,
+                adoption_failure_recorded: true,
                 adopt_retry: Some(format!("{NODE}@t1")),
                 ..host()
             },
@@ -372,6 +403,7 @@ fn handshake_table() {
             "adopt_failed_not_configured_no_retry",
             HostFacts {
                 externally_provisioned: true,
+                adoption_failure_recorded: true,
                 ..host()
             },
             NodeFacts {
