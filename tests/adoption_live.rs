@@ -463,6 +463,13 @@ async fn chap_rotation_after_adoption_needs_a_re_adoption() {
         "chapuser",
         "a powered-on node's target cannot change"
     );
+    let stale_key = bootvolume::reconcile::handshake::STALE_KEY;
+    let extra = |n: Value| n["extra"].get(stale_key).cloned();
+    assert_eq!(
+        extra(node(&client(), &s.node_id()).await),
+        Some(json!(true)),
+        "staleness recorded on the node"
+    );
 
     s.store
         .user_update("online: false", |h| h["spec"]["online"] = json!(false));
@@ -477,14 +484,16 @@ async fn chap_rotation_after_adoption_needs_a_re_adoption() {
     // Detach, then re-attach: BMO deletes the node and later enrolls and adopts a new one.
     let old = s.node_id();
     s.store.user_update("detach", |h| {
-        h["metadata"]["annotations"] = json!({bmo_sim::DETACHED_ANNOTATION: "true"});
+        h["metadata"]["annotations"][bmo_sim::DETACHED_ANNOTATION] = json!("true");
     });
     s.drive("detached", Duration::from_secs(10), async |s| {
         s.store.get()["status"]["operationalStatus"] == "detached"
     })
     .await;
     s.store.user_update("re-attach", |h| {
-        h["metadata"]["annotations"] = json!({});
+        if let Some(a) = h["metadata"]["annotations"].as_object_mut() {
+            a.remove(bmo_sim::DETACHED_ANNOTATION);
+        }
     });
     s.drive(
         "the new node booting from the volume",
@@ -493,6 +502,11 @@ async fn chap_rotation_after_adoption_needs_a_re_adoption() {
     )
     .await;
     s.assert_script("chapuser2");
+    assert_eq!(
+        extra(node(&client(), &s.node_id()).await),
+        None,
+        "a new node is not stale"
+    );
     let script = s.script();
     assert!(!script.contains("set username chapuser\n"), "{script}");
     let dump = s.dump();
@@ -639,7 +653,7 @@ async fn simulator_alone_adopts_and_honours_the_reboot_annotation() {
     assert!(n["driver_internal_info"]["boot_from_volume"].is_null());
 
     store.user_update("reboot", |h| {
-        h["metadata"]["annotations"] = json!({"reboot.metal3.io": "{\"mode\":\"hard\"}"});
+        h["metadata"]["annotations"]["reboot.metal3.io"] = json!(r#"{"mode":"hard"}"#);
     });
     wait_until("rebooted", &bmo, &store, Duration::from_secs(20), async || {
         let s = bmo.stats();
