@@ -129,6 +129,16 @@ struct Scenario {
 
 impl Scenario {
     fn start(online: bool, externally_provisioned: bool, config: BmoConfig) -> Self {
+        Self::start_with(client(), online, externally_provisioned, config)
+    }
+
+    /// Like [`Self::start`], the controller talking to Ironic through `ironic`.
+    fn start_with(
+        ironic: IronicClient,
+        online: bool,
+        externally_provisioned: bool,
+        config: BmoConfig,
+    ) -> Self {
         let p = HostParams::new(&unique_namespace());
         let store = HostStore::new(test_host(&p, online, externally_provisioned));
         let bmo = Bmo::start(client(), store.clone(), config);
@@ -137,7 +147,7 @@ impl Scenario {
             p,
             store,
             bmo,
-            ironic: client(),
+            ironic,
             options: Default::default(),
             passes: Vec::new(),
             errors: Vec::new(),
@@ -394,6 +404,72 @@ async fn externally_provisioned_host_boots_from_its_volume_whatever_the_adoption
          | delay   | adoptions failed | adopt requests | manageable->adopt | manageable->active | create->booting | ctl Ironic calls |\n\
          |---------|------------------|----------------|-------------------|--------------------|-----------------|------------------|\n{}",
         rows.join("\n")
+    );
+}
+
+/// BMO adopts between our boot target and our capability (the controller's first node
+/// PATCH is held 2 s on its way to Ironic): the adoption fails for want of `iscsi_boot`.
+/// Once the node is configured and BMO has recorded the failure, the controller's annotation
+/// makes BMO retry at once, long before BMO's own backoff (here 20-40 s: one BMO minute is
+/// 20 s in this test) would have.
+#[tokio::test]
+async fn adoption_failed_between_target_and_capability_is_retried_at_once() {
+    use ironic_support::proxy::{Fault, FaultProxy, Rule};
+    let proxy = FaultProxy::start(&ironic().url).await;
+    proxy.add(
+        Rule::new(Fault::SlowRequest(Duration::from_secs(2)))
+            .method("PATCH")
+            .path("/v1/nodes/"),
+    );
+    let ironic = bootvolume::ironic::IronicClient::new(bootvolume::ironic::ClientConfig::new(
+        proxy.url.clone(),
+        Duration::from_secs(30),
+    ))
+    .expect("client");
+    let config = BmoConfig {
+        adopt_delay: Duration::ZERO,
+        minute: Duration::from_secs(20),
+        ..BmoConfig::default()
+    };
+    let mut s = Scenario::start_with(ironic, true, true, config);
+    s.drive("booting from the volume", Duration::from_secs(15), async |s| {
+        s.boots_from_volume().await && s.bmo.stats().powered_on_after_adoption()
+    })
+    .await;
+    let dump = s.dump();
+    assert_eq!(s.events_with("AdoptionRetryRequested"), 1, "{dump}");
+    let pokes = s
+        .store
+        .controller_patches()
+        .iter()
+        .filter(|p| {
+            p.pointer("/metadata/annotations/bootvolume.metal3.io~1adopt-retry")
+                .is_some()
+        })
+        .count();
+    assert_eq!(pokes, 1, "{dump}");
+    s.assert_script("chapuser");
+    let stats = s.stop().await;
+    assert_eq!(stats.adopt_failures.len(), 1, "{dump}");
+    assert!(
+        stats.adopt_failures[0].contains("iSCSI boot"),
+        "failed for want of the capability: {}",
+        stats.adopt_failures[0]
+    );
+    assert_eq!(stats.adopt_requests, 2, "{dump}");
+    let retry = stats
+        .adopt_requested_at
+        .zip(stats.first_adopt_at)
+        .map(|(last, first)| last - first)
+        .expect("two adoptions");
+    assert!(
+        retry < Duration::from_secs(10),
+        "retried at once, not after the backoff: {retry:?}"
+    );
+    eprintln!(
+        "failed adoption (BMO between target and capability): retried {:.2}s after the first adoption request \
+         (BMO's own backoff: 20-40 s here, 1-2 min real)",
+        retry.as_secs_f64()
     );
 }
 
