@@ -129,6 +129,16 @@ struct Scenario {
 
 impl Scenario {
     fn start(online: bool, externally_provisioned: bool, config: BmoConfig) -> Self {
+        Self::start_with(client(), online, externally_provisioned, config)
+    }
+
+    /// Like [`Self::start`], the controller talking to Ironic through `ironic`.
+    fn start_with(
+        ironic: IronicClient,
+        online: bool,
+        externally_provisioned: bool,
+        config: BmoConfig,
+    ) -> Self {
         let p = HostParams::new(&unique_namespace());
         let store = HostStore::new(test_host(&p, online, externally_provisioned));
         let bmo = Bmo::start(client(), store.clone(), config);
@@ -137,7 +147,7 @@ impl Scenario {
             p,
             store,
             bmo,
-            ironic: client(),
+            ironic,
             options: Default::default(),
             passes: Vec::new(),
             errors: Vec::new(),
@@ -397,6 +407,72 @@ async fn externally_provisioned_host_boots_from_its_volume_whatever_the_adoption
     );
 }
 
+/// BMO adopts between our boot target and our capability (the controller's first node
+/// PATCH is held 2 s on its way to Ironic): the adoption fails for want of `iscsi_boot`.
+/// Once the node is configured and BMO has recorded the failure, the controller's annotation
+/// makes BMO retry at once, long before BMO's own backoff (here 20-40 s: one BMO minute is
+/// 20 s in this test) would have.
+#[tokio::test]
+async fn adoption_failed_between_target_and_capability_is_retried_at_once() {
+    use ironic_support::proxy::{Fault, FaultProxy, Rule};
+    let proxy = FaultProxy::start(&ironic().url).await;
+    proxy.add(
+        Rule::new(Fault::SlowRequest(Duration::from_secs(2)))
+            .method("PATCH")
+            .path("/v1/nodes/"),
+    );
+    let ironic = bootvolume::ironic::IronicClient::new(bootvolume::ironic::ClientConfig::new(
+        proxy.url.clone(),
+        Duration::from_secs(30),
+    ))
+    .expect("client");
+    let config = BmoConfig {
+        adopt_delay: Duration::ZERO,
+        minute: Duration::from_secs(20),
+        ..BmoConfig::default()
+    };
+    let mut s = Scenario::start_with(ironic, true, true, config);
+    s.drive("booting from the volume", Duration::from_secs(15), async |s| {
+        s.boots_from_volume().await && s.bmo.stats().powered_on_after_adoption()
+    })
+    .await;
+    let dump = s.dump();
+    assert_eq!(s.events_with("AdoptionRetryRequested"), 1, "{dump}");
+    let pokes = s
+        .store
+        .controller_patches()
+        .iter()
+        .filter(|p| {
+            p.pointer("/metadata/annotations/bootvolume.metal3.io~1adopt-retry")
+                .is_some()
+        })
+        .count();
+    assert_eq!(pokes, 1, "{dump}");
+    s.assert_script("chapuser");
+    let stats = s.stop().await;
+    assert_eq!(stats.adopt_failures.len(), 1, "{dump}");
+    assert!(
+        stats.adopt_failures[0].contains("iSCSI boot"),
+        "failed for want of the capability: {}",
+        stats.adopt_failures[0]
+    );
+    assert_eq!(stats.adopt_requests, 2, "{dump}");
+    let retry = stats
+        .adopt_requested_at
+        .zip(stats.first_adopt_at)
+        .map(|(last, first)| last - first)
+        .expect("two adoptions");
+    assert!(
+        retry < Duration::from_secs(10),
+        "retried at once, not after the backoff: {retry:?}"
+    );
+    eprintln!(
+        "failed adoption (BMO between target and capability): retried {:.2}s after the first adoption request \
+         (BMO's own backoff: 20-40 s here, 1-2 min real)",
+        retry.as_secs_f64()
+    );
+}
+
 /// An Ironic database loss: BMO finds no node, enrolls a new one and adopts it as soon as it
 /// is `manageable`; the controller configures the new node (target first) and the host boots
 /// from its volume again.
@@ -463,6 +539,13 @@ async fn chap_rotation_after_adoption_needs_a_re_adoption() {
         "chapuser",
         "a powered-on node's target cannot change"
     );
+    let stale_key = bootvolume::reconcile::handshake::STALE_KEY;
+    let extra = |n: Value| n["extra"].get(stale_key).cloned();
+    assert_eq!(
+        extra(node(&client(), &s.node_id()).await),
+        Some(json!(true)),
+        "staleness recorded on the node"
+    );
 
     s.store
         .user_update("online: false", |h| h["spec"]["online"] = json!(false));
@@ -477,14 +560,16 @@ async fn chap_rotation_after_adoption_needs_a_re_adoption() {
     // Detach, then re-attach: BMO deletes the node and later enrolls and adopts a new one.
     let old = s.node_id();
     s.store.user_update("detach", |h| {
-        h["metadata"]["annotations"] = json!({bmo_sim::DETACHED_ANNOTATION: "true"});
+        h["metadata"]["annotations"][bmo_sim::DETACHED_ANNOTATION] = json!("true");
     });
     s.drive("detached", Duration::from_secs(10), async |s| {
         s.store.get()["status"]["operationalStatus"] == "detached"
     })
     .await;
     s.store.user_update("re-attach", |h| {
-        h["metadata"]["annotations"] = json!({});
+        if let Some(a) = h["metadata"]["annotations"].as_object_mut() {
+            a.remove(bmo_sim::DETACHED_ANNOTATION);
+        }
     });
     s.drive(
         "the new node booting from the volume",
@@ -493,6 +578,11 @@ async fn chap_rotation_after_adoption_needs_a_re_adoption() {
     )
     .await;
     s.assert_script("chapuser2");
+    assert_eq!(
+        extra(node(&client(), &s.node_id()).await),
+        None,
+        "a new node is not stale"
+    );
     let script = s.script();
     assert!(!script.contains("set username chapuser\n"), "{script}");
     let dump = s.dump();
@@ -639,7 +729,7 @@ async fn simulator_alone_adopts_and_honours_the_reboot_annotation() {
     assert!(n["driver_internal_info"]["boot_from_volume"].is_null());
 
     store.user_update("reboot", |h| {
-        h["metadata"]["annotations"] = json!({"reboot.metal3.io": "{\"mode\":\"hard\"}"});
+        h["metadata"]["annotations"]["reboot.metal3.io"] = json!(r#"{"mode":"hard"}"#);
     });
     wait_until("rebooted", &bmo, &store, Duration::from_secs(20), async || {
         let s = bmo.stats();
