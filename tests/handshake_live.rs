@@ -63,7 +63,12 @@ fn chap_secret(ns: &str) -> Secret {
 async fn hand_over_then_adoption_boots_from_the_volume_with_one_reboot_request() {
     let c = client();
     let p = HostParams::new(&unique_namespace());
-    let uuid = enroll(&c, &p.ns, json!({"boot_interface": "ipxe", "deploy_interface": "direct"})).await;
+    let uuid = enroll(
+        &c,
+        &p.ns,
+        json!({"boot_interface": "ipxe", "deploy_interface": "direct"}),
+    )
+    .await;
     provision(&c, &uuid, "manage", "manageable").await;
     provision(&c, &uuid, "provide", "available").await;
     power(&c, &uuid, "power on").await;
@@ -135,7 +140,12 @@ async fn hand_over_then_adoption_boots_from_the_volume_with_one_reboot_request()
 async fn a_failed_adoption_is_retried_at_once_when_configured_and_seen_by_bmo() {
     let c = client();
     let p = HostParams::new(&unique_namespace());
-    let uuid = enroll(&c, &p.ns, json!({"boot_interface": "ipxe", "deploy_interface": "direct"})).await;
+    let uuid = enroll(
+        &c,
+        &p.ns,
+        json!({"boot_interface": "ipxe", "deploy_interface": "direct"}),
+    )
+    .await;
     // BMO was first: our target exists (created before the capability), adopt fails.
     let _: Value = c
         .send(
