@@ -134,6 +134,8 @@ pub struct Outcome {
     pub blocked: Vec<Blocked>,
     /// Why nothing was looked at (host deleting/detached, or no node and no bootVolume).
     pub skipped: Option<String>,
+    /// What kind of change `changes` make (`None`: no change).
+    pub change: Option<plan::Change>,
 }
 
 impl Outcome {
@@ -228,9 +230,11 @@ pub async fn apply_detailed(
         targets,
     };
     let plan = plan::plan(desired, &current);
+    let change = plan::classify(desired, &current, &plan.actions);
     let mut applied = Applied {
         outcome: Outcome {
             node_uuid: uuid,
+            change,
             blocked: plan.blocked,
             ..Default::default()
         },

@@ -1,21 +1,21 @@
 //! `bootvolume reconcile`: a kube-runtime Controller over BareMetalHosts.
 //!
-//! Hosts are read as [`DynamicObject`]s of `metal3.io/v1alpha1` `baremetalhosts` (we never
-//! write a host, so we never need its full schema). A Secret change re-triggers the hosts
+//! Hosts are read as [`DynamicObject`]s of `metal3.io/v1alpha1` `baremetalhosts` (our only
+//! write is a JSON merge patch, the hand-over, so we never need its full schema). A Secret change re-triggers the hosts
 //! that reference it, found in the controller's own reflector store. Each outcome becomes
 //! a Kubernetes Event on the host, a log line and a metric. Only the Lease holder reconciles
 //! ([`lead`]), so two replicas never write to the same node at once.
 
 use super::{
     Error,
-    apply::{HostSpec, Outcome},
+    apply::HostSpec,
+    events::{Event, EventType, Recorder, events, truncate},
     handshake::{self, EventKind, Phase},
     host_api::{self, KubeHostWriter},
     metrics::Metrics,
-    plan::Blocked,
 };
 use crate::ironic::IronicClient;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -24,14 +24,14 @@ use kube::{
     runtime::{
         Controller,
         controller::{self, Action},
-        events::{Event, EventType, Recorder, Reporter},
+        events::Reporter,
         reflector::{ObjectRef, Store},
         watcher,
     },
 };
 use kube_lease_manager::LeaseManagerBuilder;
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -43,8 +43,6 @@ use tokio::sync::watch;
 pub const BACKOFF_MIN: Duration = Duration::from_secs(5);
 /// Cap of the retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// Longest event note we send (the API limit is 1 kB).
-const MAX_NOTE: usize = 1000;
 
 pub use super::host_api::host_resource;
 /// How soon a host handed over (or still being configured) is looked at again: adoption
@@ -61,6 +59,7 @@ pub struct Context {
     resync: Duration,
     backoff: Backoff,
     handshake: handshake::Options,
+    progress: Arc<Progress>,
 }
 
 impl Context {
@@ -84,6 +83,7 @@ impl Context {
             resync,
             backoff: Backoff::default(),
             handshake: handshake::Options::new(dry_run, true),
+            progress: Arc::default(),
         }
     }
 
@@ -91,6 +91,60 @@ impl Context {
     pub fn with_handoff(mut self, handoff: bool) -> Self {
         self.handshake.handoff = handoff;
         self
+    }
+
+    /// What the controller is doing now (for the shutdown watchdog).
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+}
+
+/// Where the process is, so a shutdown that overruns its deadline can say what was stuck:
+/// the current phase and the hosts whose reconcile is still running.
+#[derive(Debug, Default)]
+pub struct Progress {
+    phase: Mutex<&'static str>,
+    in_flight: Mutex<BTreeSet<String>>,
+}
+
+impl Progress {
+    /// Records the current phase (e.g. "releasing the Lease").
+    pub fn set_phase(&self, phase: &'static str) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase;
+    }
+
+    /// Marks `host` as reconciling until the returned guard is dropped.
+    fn reconciling(&self, host: String) -> InFlight<'_> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.clone());
+        InFlight(self, host)
+    }
+
+    /// One line: the phase and the reconciles still running.
+    pub fn describe(&self) -> String {
+        let phase = *self.phase.lock().unwrap_or_else(|p| p.into_inner());
+        let hosts = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let phase = if phase.is_empty() { "starting" } else { phase };
+        if hosts.is_empty() {
+            phase.to_owned()
+        } else {
+            let list: Vec<&str> = hosts.iter().map(String::as_str).collect();
+            format!("{phase}; reconcile still running for {}", list.join(", "))
+        }
+    }
+}
+
+struct InFlight<'a>(&'a Progress, String);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
 }
 
@@ -116,10 +170,12 @@ fn key(obj: &DynamicObject) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-/// One reconcile of one host: read its Secret, run [`apply::apply`], report.
+/// One reconcile of one host: read its Secret, run [`host_api::host_pass`] (configure the
+/// node, then the adoption handshake), report.
 #[tracing::instrument(skip_all, fields(host = %key(&obj)))]
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
+    let _running = ctx.progress.reconciling(key(&obj));
     let (result, handshake_events, phase) = match pass(&obj, &ctx).await {
         Ok(report) => {
             let mut outcome = report.outcome;
@@ -199,62 +255,6 @@ async fn pass(obj: &DynamicObject, ctx: &Context) -> Result<host_api::Report, Er
     host_api::host_pass(&ctx.ironic, &writer, &raw, secret.as_ref(), &ctx.handshake).await
 }
 
-/// The Events one pass produces: applied changes, waits, or the error. An in-sync pass is
-/// silent (it repeats every resync).
-fn events(result: &Result<Outcome, Error>, dry_run: bool) -> Vec<Event> {
-    let event = |type_, reason: &str, action: &str, note: String| Event {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate(note)),
-        action: action.into(),
-        secondary: None,
-    };
-    match result {
-        Err(e) => vec![event(
-            EventType::Warning,
-            e.event_reason(),
-            "Reconcile",
-            e.to_string(),
-        )],
-        Ok(o) => {
-            let mut out = Vec::new();
-            if !o.changes.is_empty() {
-                let (reason, verb) = if dry_run {
-                    ("BootVolumeDryRun", "would apply")
-                } else {
-                    ("BootVolumeApplied", "applied")
-                };
-                let note = format!("{verb} to Ironic node {}: {}", o.node_uuid, o.changes.join("; "));
-                out.push(event(EventType::Normal, reason, "Apply", note));
-            }
-            for b in &o.blocked {
-                let reason = match b {
-                    Blocked::WaitingForPowerOff { .. } => "WaitingForPowerOff",
-                    Blocked::InterfaceChangeNotAllowed { .. } => "StorageInterfaceChangeBlocked",
-                };
-                out.push(event(
-                    EventType::Warning,
-                    reason,
-                    "Wait",
-                    format!("Ironic node {}: {b}", o.node_uuid),
-                ));
-            }
-            out
-        }
-    }
-}
-
-fn truncate(s: String) -> String {
-    if s.len() <= MAX_NOTE {
-        return s;
-    }
-    let mut end = MAX_NOTE - 3;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
-}
-
 /// The hosts in `store` whose `bootVolume` references Secret `namespace/name`.
 pub fn hosts_referencing(
     store: &Store<DynamicObject>,
@@ -287,6 +287,11 @@ pub struct ControllerConfig {
 }
 
 /// Runs the controller until `stop` completes, then drains in-flight reconciles.
+///
+/// kube-runtime holds every reconcile until the host store has seen its first full list, and
+/// its graceful shutdown stops the watch that would fill the store, so a stop before the
+/// first list would wait forever. No reconcile can have started then, so the controller is
+/// simply dropped.
 pub async fn run_controller(
     ctx: Arc<Context>,
     config: &ControllerConfig,
@@ -309,6 +314,8 @@ pub async fn run_controller(
     }
     let controller = Controller::new_with(hosts, watcher::Config::default(), ar);
     let store = controller.store();
+    let stop = stop.shared();
+    let unready = stopped_before_ready(stop.clone(), controller.store());
     controller
         .watches(secrets, secret_watch, move |s: PartialObjectMeta<Secret>| {
             hosts_referencing(
@@ -320,12 +327,23 @@ pub async fn run_controller(
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
+        .take_until(unready)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "controller");
             }
         })
         .await;
+}
+
+/// Completes when `stop` has completed while `store` was not ready yet; otherwise never.
+/// Polled before the controller in the same task, so the store cannot turn ready in between.
+async fn stopped_before_ready(stop: impl Future<Output = ()>, store: Store<DynamicObject>) {
+    stop.await;
+    if store.wait_until_ready().now_or_never().is_some() {
+        std::future::pending::<()>().await;
+    }
+    tracing::info!("stopped before the first host list arrived; nothing to drain");
 }
 
 /// Leader election settings (`coordination.k8s.io/v1` Lease).
@@ -352,6 +370,7 @@ pub async fn lead<W, F>(
     client: Client,
     config: &LeaseConfig,
     shutdown: watch::Receiver<bool>,
+    progress: &Progress,
     mut work: W,
 ) -> Result<(), Error>
 where
@@ -360,16 +379,22 @@ where
 {
     let lease_error =
         |e: kube_lease_manager::LeaseManagerError| Error::Kube(format!("lease {}: {e}", config.name));
-    let manager = LeaseManagerBuilder::new(client, &config.name)
+    progress.set_phase("reading the Lease");
+    let build = LeaseManagerBuilder::new(client, &config.name)
         .with_namespace(&config.namespace)
         .with_identity(&config.identity)
         .with_duration(config.duration_secs.max(2))
         .with_grace((config.duration_secs / 3).max(1))
-        .build()
-        .await
-        .map_err(lease_error)?;
+        .build();
+    let mut sd = shutdown.clone();
+    // Building only reads (or creates) the Lease: a shutdown meanwhile leaves nothing to release.
+    let manager = tokio::select! {
+        m = build => m.map_err(lease_error)?,
+        _ = sd.wait_for(|s| *s) => return Ok(()),
+    };
     let (leader, task) = manager.watch().await;
     loop {
+        progress.set_phase("waiting for the Lease");
         let (mut became, mut sd) = (leader.clone(), shutdown.clone());
         let acquired = tokio::select! {
             r = became.wait_for(|l| *l) => r.is_ok(),
@@ -379,6 +404,7 @@ where
             break;
         }
         tracing::info!(identity = %config.identity, lease = %config.name, "acquired leadership");
+        progress.set_phase("reconciling (holding the Lease)");
         let (mut lost, mut sd) = (leader.clone(), shutdown.clone());
         let stop = async move {
             tokio::select! {
@@ -393,6 +419,7 @@ where
         tracing::warn!(identity = %config.identity, "lost leadership; stopped reconciling");
     }
     // Closing the channel makes the manager release the Lease and return.
+    progress.set_phase("releasing the Lease");
     drop(leader);
     match task.await {
         Ok(Ok(_)) => Ok(()),
@@ -454,6 +481,46 @@ mod tests {
         assert_eq!(names, ["by-name", "by-ref"]);
     }
 
+    #[tokio::test]
+    async fn a_stop_before_the_first_list_ends_the_controller_and_a_later_one_drains() {
+        use futures::FutureExt as _;
+        let mut writer = reflector::store::Writer::<DynamicObject>::new(host_resource());
+        let store = writer.as_reader();
+        let stop = || std::future::ready(());
+        assert!(
+            stopped_before_ready(stop(), store.clone())
+                .now_or_never()
+                .is_some(),
+            "not ready: ends at once"
+        );
+        assert!(
+            stopped_before_ready(std::future::pending(), store.clone())
+                .now_or_never()
+                .is_none(),
+            "no stop: runs on"
+        );
+        writer.apply_watcher_event(&WatchEvent::InitDone);
+        assert!(
+            stopped_before_ready(stop(), store).now_or_never().is_none(),
+            "ready: left to the graceful drain"
+        );
+    }
+
+    #[test]
+    fn progress_names_the_phase_and_the_running_reconciles() {
+        let p = Progress::default();
+        assert_eq!(p.describe(), "starting");
+        p.set_phase("releasing the Lease");
+        let a = p.reconciling("ns/a".into());
+        let b = p.reconciling("ns/b".into());
+        assert_eq!(
+            p.describe(),
+            "releasing the Lease; reconcile still running for ns/a, ns/b"
+        );
+        drop((a, b));
+        assert_eq!(p.describe(), "releasing the Lease");
+    }
+
     #[test]
     fn backoff_doubles_caps_and_resets_per_host() {
         let b = Backoff::default();
@@ -462,35 +529,5 @@ mod tests {
         assert_eq!(b.next("a/other"), BACKOFF_MIN);
         b.reset("a/h");
         assert_eq!(b.next("a/h"), BACKOFF_MIN);
-    }
-
-    #[test]
-    fn events_name_the_outcome_and_long_notes_are_cut() {
-        let o = Outcome {
-            node_uuid: "n".into(),
-            changes: vec!["x".repeat(2000)],
-            blocked: vec![Blocked::WaitingForPowerOff {
-                what: "update".into(),
-                power_state: "power on".into(),
-            }],
-            skipped: None,
-        };
-        let evs = events(&Ok(o), false);
-        let reasons: Vec<&str> = evs.iter().map(|e| e.reason.as_str()).collect();
-        assert_eq!(reasons, ["BootVolumeApplied", "WaitingForPowerOff"]);
-        assert!(evs[0].note.as_ref().unwrap().len() <= MAX_NOTE);
-        assert!(
-            events(&Ok(Outcome::default()), false).is_empty(),
-            "in sync is silent"
-        );
-        let err = Error::SecretNotFound {
-            namespace: "a".into(),
-            name: "chap".into(),
-        };
-        let evs = events(&Err(err), false);
-        assert_eq!(
-            (evs[0].reason.as_str(), evs[0].type_),
-            ("CredentialsMissing", EventType::Warning)
-        );
     }
 }

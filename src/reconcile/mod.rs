@@ -6,10 +6,12 @@
 //! - [`host_api`]: one full pass for one host (configure, then hand over), and host writes.
 //! - [`oneshot`]: `bootvolume ironic-apply`, hosts and Secrets from files.
 //! - [`cli`]: flags and entry points of `ironic-apply` and `reconcile`.
+//! - [`controller`]: the Kubernetes controller; [`events`]: the Events it publishes.
 pub mod apply;
 pub mod cli;
 pub mod controller;
 mod error;
+pub mod events;
 pub mod handshake;
 pub mod host_api;
 pub mod metrics;
