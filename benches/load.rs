@@ -40,6 +40,18 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--serve-ceiling") {
         return ceiling(&args[i + 1], &args[i + 2]);
     }
+    // Helpers for scripts/instructions.sh: certificates for `localhost`, and a client that
+    // sends N requests over one keep-alive connection.
+    if let Some(i) = args.iter().position(|a| a == "--gen-certs") {
+        let certs = tls::generate(Path::new(&args[i + 1]), &["localhost".into()]).expect("certs");
+        println!("{} {} {}", certs.ca.display(), certs.cert.display(), certs.key.display());
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--client") {
+        let (addr, ca, path) = (&args[i + 1], &args[i + 2], args[i + 3].clone());
+        let n: usize = args[i + 4].parse().expect("request count");
+        return client(addr.parse().expect("addr"), Path::new(ca), path, n);
+    }
     let seconds = args
         .iter()
         .position(|a| a == "--seconds")
@@ -74,6 +86,22 @@ fn ceiling(cert: &str, key: &str) {
             .route("/validate", axum::routing::post(fixed))
             .route("/mutate", axum::routing::post(fixed));
         serve_router(listener, config, app, &Limits::default(), std::future::pending()).await;
+    });
+}
+
+/// Sends `n` requests one after the other over one HTTP/1.1 keep-alive TLS connection.
+fn client(addr: SocketAddr, ca: &Path, path: String, n: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let body = Bytes::from_static(REVIEW.as_bytes());
+        let mut sender = connect(addr, ca, false).await;
+        let path: &'static str = Box::leak(path.into_boxed_str());
+        for i in 0..n {
+            assert!(one(&mut sender, path, &body).await, "request {i} failed");
+        }
     });
 }
 
