@@ -44,7 +44,12 @@ fn main() {
     // sends N requests over one keep-alive connection.
     if let Some(i) = args.iter().position(|a| a == "--gen-certs") {
         let certs = tls::generate(Path::new(&args[i + 1]), &["localhost".into()]).expect("certs");
-        println!("{} {} {}", certs.ca.display(), certs.cert.display(), certs.key.display());
+        println!(
+            "{} {} {}",
+            certs.ca.display(),
+            certs.cert.display(),
+            certs.key.display()
+        );
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--client") {

@@ -11,7 +11,7 @@ use crate::{
 };
 use axum::{
     Json, Router,
-    body::Body,
+    body::{Body, Bytes},
     extract::State,
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
@@ -103,7 +103,8 @@ impl IntoResponse for DecodeError {
     }
 }
 
-async fn decode(headers: &HeaderMap, body: Body, body_timeout: Duration) -> Result<Review, DecodeError> {
+/// Reads the body of a request that says it is JSON.
+async fn read_body(headers: &HeaderMap, body: Body, body_timeout: Duration) -> Result<Bytes, DecodeError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -131,11 +132,20 @@ async fn decode(headers: &HeaderMap, body: Body, body_timeout: Duration) -> Resu
                 DecodeError::Body(e.to_string())
             }
         })?;
-    let review: Review = serde_json::from_slice(&bytes)?;
+    Ok(bytes)
+}
+
+/// Parses an AdmissionReview in one pass, borrowing from `bytes`.
+pub fn parse(bytes: &[u8]) -> Result<Review<'_>, DecodeError> {
+    // Checking UTF-8 once up front lets the parser borrow strings without checking each.
+    let review: Review = match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text)?,
+        Err(_) => serde_json::from_slice(bytes)?,
+    };
     if review.api_version != super::API_VERSION || review.kind != super::KIND {
         return Err(DecodeError::NotReview {
-            api_version: review.api_version,
-            kind: review.kind,
+            api_version: review.api_version.into_owned(),
+            kind: review.kind.into_owned(),
         });
     }
     if review.request.is_none() {
@@ -144,24 +154,31 @@ async fn decode(headers: &HeaderMap, body: Body, body_timeout: Duration) -> Resu
     Ok(review)
 }
 
+/// Answers a request that is not an AdmissionReview we can decide (4xx), counted and logged.
+fn reject(state: &AppState, webhook: Webhook, error: DecodeError) -> Response {
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            webhook: webhook.label(),
+            operation: "unknown",
+            decision: "error",
+        })
+        .inc();
+    tracing::warn!(webhook = webhook.label(), %error, "rejected malformed admission request");
+    error.into_response()
+}
+
 async fn handle(state: &AppState, webhook: Webhook, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
-    let request = match decode(&headers, body, state.body_timeout).await {
+    let bytes = match read_body(&headers, body, state.body_timeout).await {
+        Ok(bytes) => bytes,
+        Err(error) => return reject(state, webhook, error),
+    };
+    let request = match parse(&bytes) {
         Ok(Review { request: Some(r), .. }) => r,
         Ok(_) => return DecodeError::NoRequest.into_response(),
-        Err(error) => {
-            state
-                .metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    webhook: webhook.label(),
-                    operation: "unknown",
-                    decision: "error",
-                })
-                .inc();
-            tracing::warn!(webhook = webhook.label(), %error, "rejected malformed admission request");
-            return error.into_response();
-        }
+        Err(error) => return reject(state, webhook, error),
     };
     let outcome = admit(&state.policy, webhook, &request);
     let elapsed = start.elapsed();
@@ -186,11 +203,11 @@ async fn handle(state: &AppState, webhook: Webhook, headers: HeaderMap, body: Bo
     tracing::info!(
         target: "bootvolume::audit",
         webhook = webhook.label(),
-        uid = request.uid.as_str(),
+        uid = &*request.uid,
         operation,
-        namespace = request.namespace.as_str(),
-        name = request.name.as_str(),
-        user = request.user_info.username.as_str(),
+        namespace = &*request.namespace,
+        name = &*request.name,
+        user = &*request.user_info.username,
         dry_run = request.dry_run,
         decision,
         violations = outcome.violations.join(",").as_str(),
