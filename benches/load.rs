@@ -12,7 +12,7 @@
 //! webhook's readiness time and resident memory (idle, and peak under load).
 //!
 //! `cargo bench --bench load [-- --seconds N]`; a Markdown report goes to
-//! `target/bench/load.md`.
+//! `target/bench/load.md`. `BOOTVOLUME_BIN=path` benchmarks another build of the webhook.
 
 use bootvolume::{
     server::{Limits, serve_router},
@@ -169,7 +169,10 @@ fn start_ceiling(cert: &Path, key: &Path) -> Server {
 async fn start_webhook(cert: &Path, key: &Path) -> (Server, Duration) {
     let (port, metrics_port) = (free_port(), free_port());
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_bootvolume"))
+    // BOOTVOLUME_BIN: another build of the webhook (to compare two builds in one run).
+    let bin = std::env::var_os("BOOTVOLUME_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bootvolume")), PathBuf::from);
+    let child = Command::new(bin)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .args([

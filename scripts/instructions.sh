@@ -10,7 +10,8 @@
 # request (connection setup, the TLS handshake and the warm-up cancel out).
 # Everything the server process does counts: TLS, HTTP, decoding, rules, audit log line.
 #
-# Usage: scripts/instructions.sh            (N=200 W=20; env N, W override)
+# Usage: scripts/instructions.sh            (N=200 W=20; env N, W override;
+#        BOOTVOLUME_BIN=path measures another build of the webhook)
 # `perf stat -e instructions` would do the same without valgrind, but hardware counters
 # are not available in most VMs (this one answers `<not supported>`), so callgrind it is.
 # Output: a Markdown table on stdout (also target/bench/instructions.md); the callgrind
@@ -28,7 +29,7 @@ mkdir -p "$cg"
 
 bench=$(cargo bench --locked --bench load --no-run --message-format=json 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "load" and .executable != null) | .executable')
-bin=$target/release/bootvolume
+bin=${BOOTVOLUME_BIN:-$target/release/bootvolume}
 [[ -x $bench && -x $bin ]] || { echo "build failed (bench: $bench, bin: $bin)" >&2; exit 1; }
 
 tmp=$(mktemp -d)
