@@ -12,7 +12,9 @@
 //! webhook's readiness time and resident memory (idle, and peak under load).
 //!
 //! `cargo bench --bench load [-- --seconds N]`; a Markdown report goes to
-//! `target/bench/load.md`. `BOOTVOLUME_BIN=path` benchmarks another build of the webhook.
+//! `target/bench/load.md`. `BOOTVOLUME_BIN=path` benchmarks another build of the webhook;
+//! `BOOTVOLUME_BENCH_PRETTY=1` sends the fixture indented as in the file instead of compact
+//! (as the API server sends it).
 
 use bootvolume::{
     server::{Limits, serve_router},
@@ -33,6 +35,16 @@ use std::{
 use tokio::net::TcpStream;
 
 const REVIEW: &str = include_str!("../tests/fixtures/admission/load_create_external_valid.json");
+
+/// The request body: the review as kube-apiserver sends it (compact JSON, 1.2 KB), or with
+/// BOOTVOLUME_BENCH_PRETTY=1 the fixture file as written (indented, 2 KB).
+fn review_body() -> Bytes {
+    if std::env::var_os("BOOTVOLUME_BENCH_PRETTY").is_some() {
+        return Bytes::from_static(REVIEW.as_bytes());
+    }
+    let v: serde_json::Value = serde_json::from_str(REVIEW).expect("fixture is JSON");
+    Bytes::from(serde_json::to_vec(&v).expect("JSON"))
+}
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -101,7 +113,7 @@ fn client(addr: SocketAddr, ca: &Path, path: String, n: usize) {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let body = Bytes::from_static(REVIEW.as_bytes());
+        let body = review_body();
         let mut sender = connect(addr, ca, false).await;
         let path: &'static str = Box::leak(path.into_boxed_str());
         for i in 0..n {
@@ -285,7 +297,7 @@ async fn load(
     h2: bool,
     secs: Duration,
 ) -> Figures {
-    let body = Bytes::from_static(REVIEW.as_bytes());
+    let body = review_body();
     let senders: Vec<Sender> = if h2 {
         let Sender::H2(s) = connect(addr, ca, true).await else {
             unreachable!("h2 connect")

@@ -11,7 +11,8 @@
 # Everything the server process does counts: TLS, HTTP, decoding, rules, audit log line.
 #
 # Usage: scripts/instructions.sh            (N=200 W=20; env N, W override;
-#        BOOTVOLUME_BIN=path measures another build of the webhook)
+#        BOOTVOLUME_BIN=path measures another build of the webhook;
+#        BOOTVOLUME_BENCH_PRETTY=1 sends the fixture indented instead of compact)
 # `perf stat -e instructions` would do the same without valgrind, but hardware counters
 # are not available in most VMs (this one answers `<not supported>`), so callgrind it is.
 # Output: a Markdown table on stdout (also target/bench/instructions.md); the callgrind
@@ -94,4 +95,6 @@ for path in /validate /mutate; do
 | $path | $ours | $ceiling | $ratio |"
 done
 echo "$md"
-printf '%s\n\nN=%s requests after W=%s, %s\n' "$md" "$N" "$W" "$(date -u +%FT%TZ)" >"$out/instructions.md"
+body=compact
+[[ -n ${BOOTVOLUME_BENCH_PRETTY:-} ]] && body=indented
+printf '%s\n\nN=%s requests after W=%s, %s body, %s\n' "$md" "$N" "$W" "$body" "$(date -u +%FT%TZ)" >"$out/instructions.md"

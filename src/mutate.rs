@@ -15,8 +15,14 @@ use crate::{
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation, jsonptr::PointerBuf};
 use serde_json::{Map, Value, json};
 
+/// A pointer from our own field names (none holds `/` or `~`, so nothing is escaped).
 fn pointer(tokens: &[&str]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().copied())
+    let mut path = String::with_capacity(64);
+    for t in tokens {
+        path.push('/');
+        path.push_str(t);
+    }
+    PointerBuf::parse(path).unwrap_or_else(|_| PointerBuf::from_tokens(tokens.iter().copied()))
 }
 
 fn add(tokens: &[&str], value: Value) -> PatchOperation {

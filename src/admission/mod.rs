@@ -303,7 +303,8 @@ pub fn admit(policy: &Policy, webhook: Webhook, req: &Request) -> Outcome {
                 return allow(req, Vec::new());
             }
             // A Vec of patch operations always serializes.
-            let json = serde_json::to_vec(&ops).unwrap_or_default();
+            let mut json = Vec::with_capacity(512);
+            let _ = serde_json::to_writer(&mut json, &ops);
             let mut outcome = allow(req, Vec::new());
             outcome.decision = Decision::Mutated;
             outcome.response.patch_type = Some("JSONPatch".to_owned());
