@@ -110,7 +110,11 @@ fn iscsi_name_pattern(s: &str) -> bool {
         && [b"iqn", b"eui", b"naa"]
             .iter()
             .any(|p| b[..3].eq_ignore_ascii_case(*p))
-        && s[4..].chars().all(ecma_dot)
+        && if s.is_ascii() {
+            !b[4..].iter().any(|c| matches!(c, b'\n' | b'\r'))
+        } else {
+            s[4..].chars().all(ecma_dot)
+        }
 }
 
 /// `^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`

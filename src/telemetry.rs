@@ -136,7 +136,10 @@ pub(crate) fn push_timestamp(out: &mut String) {
 
 /// Whether a text-format value can go unquoted.
 fn bare(value: &str) -> bool {
-    !value.is_empty() && !value.contains([' ', '"', '=', '\n', '\\'])
+    !value.is_empty()
+        && !value
+            .bytes()
+            .any(|b| matches!(b, b' ' | b'"' | b'=' | b'\n' | b'\\'))
 }
 
 /// Appends one ` key=value` (text) or `,"key":value` (JSON) field; `raw` values (numbers,
