@@ -21,16 +21,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-200}
 W=${W:-20}
-target=${CARGO_TARGET_DIR:-target}
 out=target/bench
 cg=$out/callgrind
 mkdir -p "$out"
 rm -rf "$cg"
 mkdir -p "$cg"
 
-bench=$(cargo bench --locked --bench load --no-run --message-format=json 2>/dev/null |
-  jq -r 'select(.reason == "compiler-artifact" and .target.name == "load" and .executable != null) | .executable')
-bin=${BOOTVOLUME_BIN:-$target/release/bootvolume}
+# Both executables from cargo itself (the target directory may not be where one expects).
+artifacts=$(cargo bench --locked --bench load --no-run --message-format=json 2>/dev/null |
+  jq -r 'select(.reason == "compiler-artifact" and .executable != null) | "\(.target.name) \(.executable)"')
+bench=$(awk '$1 == "load" {print $2}' <<<"$artifacts")
+bin=${BOOTVOLUME_BIN:-$(awk '$1 == "bootvolume" {print $2}' <<<"$artifacts")}
 [[ -x $bench && -x $bin ]] || { echo "build failed (bench: $bench, bin: $bin)" >&2; exit 1; }
 
 tmp=$(mktemp -d)
