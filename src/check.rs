@@ -1,7 +1,7 @@
 //! `check FILE...`: the webhook's rules on manifests, offline (CI, laptops).
 //!
 //! Same rules, same mutation as `serve`; each BareMetalHost is checked as a CREATE.
-//! Output contract (design.md section 3): one line per error on stdout, exit 0 when every
+//! Output contract (docs/api.md, `check`): one line per error on stdout, exit 0 when every
 //! host passes, 1 when any is denied, 2 on unreadable input. Secrets are never printed:
 //! Secret documents are skipped and inline CHAP passwords are redacted in `--mutate`
 //! output.

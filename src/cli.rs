@@ -1,4 +1,4 @@
-//! Command line: one binary, one subcommand per job (design.md section 1).
+//! Command line: one binary, one subcommand per job (docs/architecture.md).
 //!
 //! Every flag also reads `BOOTVOLUME_<FLAG>` so the Deployments can configure the binary
 //! from the environment, kube-component style. Each subcommand's args turn into a plain

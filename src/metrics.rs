@@ -1,4 +1,4 @@
-//! Webhook metrics (design.md section 3 names), Prometheus text format.
+//! Webhook metrics (names in docs/api.md), Prometheus text format.
 //!
 //! prometheus-client has no global registry: each server owns a [`Metrics`], so tests can
 //! read exact values. Labels are `&'static str` so a request never allocates for metrics.

@@ -1,4 +1,4 @@
-//! Mutation (design.md section 2): defaults, the Secret reference, and the preserve rule,
+//! Mutation (docs/api.md, defaults): defaults, the Secret reference, and the preserve rule,
 //! as a minimal RFC 6902 patch.
 //!
 //! The patch only touches `/spec/bootVolume` and only adds what is missing (or replaces

@@ -1,5 +1,5 @@
 //! The webhook over real TLS on loopback, as kube-apiserver calls it: AdmissionReview
-//! fixtures in, the design.md section 3 wire contract out.
+//! fixtures in, the wire contract of docs/api.md out.
 
 mod common;
 

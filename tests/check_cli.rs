@@ -1,5 +1,5 @@
 //! `bootvolume check` as users run it: the real binary on manifests under
-//! `tests/fixtures/hosts/`, asserting exit codes and the output contract (design.md 3).
+//! `tests/fixtures/hosts/`, asserting exit codes and the output contract (docs/api.md).
 
 mod common;
 

@@ -3,7 +3,7 @@
 //!
 //! No Kubernetes API server runs here, so these tests prove what can be proven offline:
 //! `kubectl kustomize` renders every entry point; the rendered webhook configurations
-//! match design.md section 4; ports, paths, flags and names agree with the binary's own
+//! match docs/operations.md; ports, paths, flags and names agree with the binary's own
 //! `--help` defaults; RBAC grants exactly the verbs the reconciler needs; the CRD's
 //! `spec.bootVolume` schema is byte-for-byte the file the binary embeds; and that schema,
 //! run through a JSON Schema validator, accepts every valid host and rejects type errors.
@@ -11,7 +11,7 @@
 //! Where `kubectl` is absent the rendering tests print why and return early; everything
 //! that does not need it (samples, Dockerfile, the schema patch itself) still runs.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
@@ -193,17 +193,33 @@ fn resolve_port(c: &Value, port: &Value) -> u64 {
     }
 }
 
-/// The embedded schema: the `value` of the single `add` op of the patch file.
-fn schema_patch() -> (String, Value) {
+/// The JSON6902 ops of the patch file.
+fn patch_ops() -> Vec<Value> {
     let patch: Value = serde_json::from_str(&read("manifests/crd/bootvolume-schema-patch.json"))
         .expect("bootvolume-schema-patch.json is JSON");
-    let ops = patch.as_array().expect("a JSON6902 patch is an array");
-    let adds: Vec<_> = ops.iter().filter(|op| op["op"] == "add").collect();
-    assert_eq!(adds.len(), 1, "the schema patch must have exactly one add op");
-    (
-        adds[0]["path"].as_str().unwrap().to_owned(),
-        adds[0]["value"].clone(),
-    )
+    patch.as_array().expect("a JSON6902 patch is an array").clone()
+}
+
+/// The embedded schema: the `value` of the first op, the one the binary embeds.
+fn schema_patch() -> (String, Value) {
+    let ops = patch_ops();
+    assert!(ops.iter().all(|op| op["op"] == "add"), "the patch only adds");
+    let bv: Vec<_> = ops
+        .iter()
+        .filter(|op| op["path"].as_str().is_some_and(|p| p.ends_with("/bootVolume")))
+        .collect();
+    assert_eq!(bv.len(), 1, "the schema patch adds bootVolume exactly once");
+    assert_eq!(&ops[0], bv[0], "src/schema.rs embeds the first op's value");
+    (bv[0]["path"].as_str().unwrap().to_owned(), bv[0]["value"].clone())
+}
+
+/// The other ops: the spec-level CEL rules and the printer columns.
+fn patch_op(path_suffix: &str) -> Vec<Value> {
+    patch_ops()
+        .into_iter()
+        .filter(|op| op["path"].as_str().is_some_and(|p| p.ends_with(path_suffix)))
+        .map(|op| op["value"].clone())
+        .collect()
 }
 
 fn rendered_crd_schema(docs: &[Value]) -> Value {
@@ -371,7 +387,7 @@ fn without_crd_entry_point_is_default_minus_the_crd() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Webhook configurations (design.md section 4)
+// Webhook configurations (docs/operations.md)
 // ---------------------------------------------------------------------------------------
 
 #[test]
@@ -535,15 +551,11 @@ fn webhook_ports_paths_and_flags_agree_with_the_binary() {
     let Some(docs) = render("default") else { return };
     let listen = help_default("serve", "--listen");
     let metrics = help_default("serve", "--metrics-listen");
-    assert_eq!(
-        port_of(&listen),
-        9443,
-        "design.md: --listen defaults to 0.0.0.0:9443"
-    );
+    assert_eq!(port_of(&listen), 9443, "--listen defaults to 0.0.0.0:9443");
     assert_eq!(
         port_of(&metrics),
         8080,
-        "design.md: --metrics-listen defaults to 0.0.0.0:8080"
+        "--metrics-listen defaults to 0.0.0.0:8080"
     );
 
     let webhook = find(&docs, "Deployment", "bootvolume-webhook");
@@ -646,7 +658,7 @@ fn reconciler_args_are_flags_of_the_binary() {
     }
 }
 
-/// The no-cert-manager path of README.md ("Deploying"): `bootvolume certs` output goes into the
+/// The no-cert-manager path of docs/operations.md ("Without cert-manager"): `bootvolume certs` output goes into the
 /// Secret the webhook mounts and into caBundle, and the API server will accept it.
 #[test]
 fn certs_output_is_usable_without_cert_manager() {
@@ -709,7 +721,7 @@ fn assert_usable_webhook_certs(dir: &Path) {
                 .collect()
         })
         .unwrap_or_default();
-    // ServerName the API server uses for a Service webhook (rust-notes.md 5.3).
+    // ServerName the API server uses for a Service webhook (`<service>.<namespace>.svc`, as kube-apiserver's webhook client sets it).
     assert!(
         sans.contains(&server_name),
         "tls.crt SANs {sans:?} lack {server_name}"
@@ -1061,10 +1073,20 @@ fn rendered_crd_carries_exactly_the_embedded_schema() {
     // And nothing else changed: the rendered CRD minus bootVolume and the cainjector
     // annotation is the vendored upstream CRD.
     let mut crd = find(&docs, "CustomResourceDefinition", CRD_NAME).clone();
-    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-        .as_object_mut()
-        .unwrap()
-        .remove("bootVolume");
+    let spec = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    spec["properties"].as_object_mut().unwrap().remove("bootVolume");
+    let spec_rules = spec.as_object_mut().unwrap().remove("x-kubernetes-validations");
+    assert_eq!(
+        spec_rules.as_ref(),
+        patch_op("/spec/x-kubernetes-validations").first()
+    );
+    let columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array_mut()
+        .unwrap();
+    let ours = patch_op("/additionalPrinterColumns/-");
+    assert_eq!(ours.len(), 2, "volume driver and volume id");
+    let appended = columns.split_off(columns.len() - ours.len());
+    assert_eq!(appended, ours, "appended at the end, after BMO's columns");
     crd["metadata"]["annotations"]
         .as_object_mut()
         .unwrap()
@@ -1074,6 +1096,58 @@ fn rendered_crd_carries_exactly_the_embedded_schema() {
         "vendored CRD",
     );
     assert_eq!(crd, vendored[0]);
+}
+
+#[test]
+fn printer_columns_show_the_boot_volume_with_wide_output() {
+    let Some(docs) = render("default") else { return };
+    let crd = find(&docs, "CustomResourceDefinition", CRD_NAME);
+    let columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .unwrap();
+    let by_path: BTreeMap<&str, &Value> = columns
+        .iter()
+        .map(|c| (c["jsonPath"].as_str().unwrap_or_default(), c))
+        .collect();
+    for path in [".spec.bootVolume.volumeDriver", ".spec.bootVolume.volumeId"] {
+        let c = by_path
+            .get(path)
+            .unwrap_or_else(|| panic!("no column for {path}"));
+        assert_eq!(c["type"], "string");
+        assert_eq!(c["priority"], 1, "{path}: shown by -o wide only");
+    }
+    let names: BTreeSet<&str> = columns.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names.len(), columns.len(), "column names are unique");
+}
+
+#[test]
+fn policy_entry_point_renders_a_policy_and_its_binding() {
+    let Some(docs) = render("policy") else { return };
+    let kinds: BTreeSet<&str> = docs.iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        set(["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"])
+            .iter()
+            .map(String::as_str)
+            .collect()
+    );
+    let policy = find(&docs, "ValidatingAdmissionPolicy", "bootvolume.metal3.io");
+    let binding = find(&docs, "ValidatingAdmissionPolicyBinding", "bootvolume.metal3.io");
+    assert_eq!(policy["apiVersion"], "admissionregistration.k8s.io/v1");
+    assert_eq!(binding["spec"]["policyName"], "bootvolume.metal3.io");
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    let rules = &policy["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(rules["apiGroups"], json!(["metal3.io"]));
+    assert_eq!(rules["resources"], json!(["baremetalhosts"]));
+    assert_eq!(rules["operations"], json!(["CREATE", "UPDATE"]));
+    for v in policy["spec"]["validations"].as_array().unwrap() {
+        assert_eq!(v["reason"], "Invalid", "{v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.starts_with("spec")),
+            "{v}"
+        );
+    }
 }
 
 #[test]

@@ -192,6 +192,88 @@ async fn applies_reads_the_secret_and_reports_an_event_then_stays_silent_in_sync
     api.silent().await;
 }
 
+/// Configure, rotate (twice), remove: after each step the newest Event on the host names
+/// that step, with a note about it. An identical repeat only counts up its series; an
+/// in-sync pass sends nothing.
+#[tokio::test]
+async fn the_newest_event_tells_the_newest_change() {
+    let c = client();
+    let mut p = HostParams::new(&unique_namespace());
+    let uuid = enroll(&c, &p.ns, json!({})).await;
+    let (kube, mut api) = mock_kube();
+    let ctx = context(kube, client());
+    let rotated = |n: u32| format!("{PASSWORD}-{n}");
+    // (bootVolume kept, password, reason, note starts with, note contains, series count)
+    let steps = [
+        (
+            true,
+            PASSWORD.to_owned(),
+            Some("BootVolumeApplied"),
+            "applied on Ironic node",
+            "create volume target",
+            None,
+        ),
+        (
+            true,
+            rotated(2),
+            Some("BootVolumeCredentialsRotated"),
+            "sent rotated CHAP credentials on Ironic node",
+            "create volume target",
+            None,
+        ),
+        (
+            true,
+            rotated(3),
+            Some("BootVolumeCredentialsRotated"),
+            "sent rotated CHAP credentials on Ironic node",
+            "create volume target",
+            Some(2),
+        ),
+        (true, rotated(3), None, "", "", None),
+        (
+            false,
+            rotated(3),
+            Some("BootVolumeRemoved"),
+            "removed the boot volume on Ironic node",
+            "delete volume target",
+            None,
+        ),
+        (false, rotated(3), None, "", "", None),
+    ];
+    for (i, (keep, password, reason, starts, contains, series)) in steps.into_iter().enumerate() {
+        p.no_boot_volume = !keep;
+        let host = host_object(&p);
+        let (ns, s) = (p.ns.clone(), secret(&p.ns, "chap", "chapuser", &password));
+        let (result, back) = reconcile_with(&ctx, &host, api, move |mut api| async move {
+            if keep {
+                api.secret_get(&ns, "chap", Some(s)).await;
+            }
+            if let Some(reason) = reason {
+                let ev = api.event(&ns).await;
+                assert_eq!(
+                    (ev["type"].as_str(), ev["reason"].as_str()),
+                    (Some("Normal"), Some(reason)),
+                    "step {i}"
+                );
+                let note = ev["note"].as_str().unwrap();
+                assert!(
+                    note.starts_with(starts) && note.contains(contains),
+                    "step {i}: {note}"
+                );
+                assert!(!note.contains(&password), "step {i}: {note}");
+                assert_eq!(ev["series"]["count"].as_i64(), series, "step {i}");
+            }
+            api
+        })
+        .await;
+        api = back;
+        assert_eq!(result.unwrap(), Action::requeue(RESYNC), "step {i}");
+        api.silent().await;
+    }
+    let (connectors, targets) = volumes(&c, &uuid).await;
+    assert!(connectors.is_empty() && targets.is_empty(), "removed from Ironic");
+}
+
 #[tokio::test]
 async fn missing_secret_is_a_warning_event_and_a_slow_retry() {
     let c = client();
@@ -250,7 +332,7 @@ async fn waiting_for_power_off_is_reported_and_retried_with_backoff() {
             let ev = api.event(&ns).await;
             assert_eq!(
                 (ev["type"].as_str(), ev["reason"].as_str()),
-                (Some("Warning"), Some("WaitingForPowerOff"))
+                (Some("Warning"), Some("BootVolumeWaiting"))
             );
             assert!(
                 ev["note"].as_str().unwrap().contains("power state: power on"),
@@ -395,17 +477,24 @@ async fn acts_only_while_holding_the_lease_and_releases_it_on_shutdown() {
     let (st, srv) = (started.clone(), server.clone());
     let lead = tokio::spawn(async move {
         let config = lease_config("replica-a");
-        controller::lead(Client::new(svc, "default"), &config, shutdown, |stop| {
-            // Work starts only once the Lease names us.
-            let holder = srv
-                .lock()
-                .unwrap()
-                .lease
-                .as_ref()
-                .map(|l| l["spec"]["holderIdentity"].clone());
-            st.lock().unwrap().push(holder == Some(json!("replica-a")));
-            stop
-        })
+        let progress = controller::Progress::default();
+        controller::lead(
+            Client::new(svc, "default"),
+            &config,
+            shutdown,
+            &progress,
+            |stop| {
+                // Work starts only once the Lease names us.
+                let holder = srv
+                    .lock()
+                    .unwrap()
+                    .lease
+                    .as_ref()
+                    .map(|l| l["spec"]["holderIdentity"].clone());
+                st.lock().unwrap().push(holder == Some(json!("replica-a")));
+                stop
+            },
+        )
         .await
     });
     timeout(Duration::from_secs(5), async {
@@ -473,6 +562,7 @@ async fn a_lease_held_by_another_replica_keeps_us_idle() {
             Client::new(svc, "default"),
             &lease_config("replica-a"),
             shutdown,
+            &controller::Progress::default(),
             |stop| {
                 *st.lock().unwrap() = true;
                 stop

@@ -11,7 +11,7 @@ use std::{
 };
 
 const RELOAD: Duration = Duration::from_millis(200);
-/// Several poll intervals, bounded well under the design's 10 s.
+/// Several poll intervals, bounded well under the 10 s the webhook promises.
 const DEADLINE: Duration = Duration::from_secs(5);
 
 /// The serial and DNS SANs of a leaf certificate.

@@ -1,4 +1,4 @@
-//! Invariants shared by the fuzz targets (design.md section 3). A violated invariant
+//! Invariants shared by the fuzz targets (docs/api.md, wire contract). A violated invariant
 //! panics, which libFuzzer reports as a crash with the input saved under `artifacts/`.
 
 use json_patch::{Patch, PatchOperation};

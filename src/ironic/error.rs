@@ -243,7 +243,7 @@ fn truncate(s: &str) -> String {
 mod tests {
     use super::*;
 
-    /// Bodies copied from a real Ironic 39.0.0 (ironic-notes.md sections 3-7).
+    /// Bodies copied from a real Ironic 39.0.0 (recorded from its API).
     #[test]
     fn decodes_every_observed_body_shape() {
         let cases: &[(u16, &str, Error)] = &[

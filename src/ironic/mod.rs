@@ -186,9 +186,12 @@ impl IronicClient {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let base = normalize_base(&config.url)?;
+        // An https endpoint stays https: a redirect to http:// (a downgrade that would send
+        // credentials and CHAP secrets in clear) is an error, never followed.
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)));
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .https_only(base.starts_with("https://"));
         if let Some(pem) = &config.ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| Error::Config {
                 message: format!("CA bundle: {e}"),

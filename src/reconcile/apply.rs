@@ -134,6 +134,8 @@ pub struct Outcome {
     pub blocked: Vec<Blocked>,
     /// Why nothing was looked at (host deleting/detached, or no node and no bootVolume).
     pub skipped: Option<String>,
+    /// What kind of change `changes` make (`None`: no change).
+    pub change: Option<plan::Change>,
 }
 
 impl Outcome {
@@ -204,6 +206,7 @@ pub async fn apply(
     let plan = plan::plan(desired, &current);
     let mut outcome = Outcome {
         node_uuid: uuid,
+        change: plan::classify(desired, &current, &plan.actions),
         blocked: plan.blocked,
         ..Default::default()
     };

@@ -115,7 +115,15 @@ pub struct ReconcileArgs {
     /// Our holder identity (default: $POD_NAME, else $HOSTNAME).
     #[arg(long, env = "BOOTVOLUME_LEADER_ELECTION_IDENTITY")]
     pub leader_election_identity: Option<String>,
+    /// Seconds from SIGTERM until the process gives up waiting (for running reconciles, the
+    /// Lease release) and exits with status 1; keep it under the Pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, default_value_t = 20, env = "BOOTVOLUME_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: u64,
 }
+
+/// Exit status of a shutdown that overran `--shutdown-timeout`.
+pub const SHUTDOWN_TIMEOUT_EXIT: i32 = 1;
 
 /// Installs the ring crypto provider (the crate is built ring-only) and, when the binary
 /// has not set one up, a plain stderr log subscriber.
@@ -154,7 +162,11 @@ pub fn run_ironic_apply(args: IronicApplyArgs) -> Result<u8, Error> {
 /// Runs the `reconcile` controller until SIGTERM/SIGINT.
 pub fn run_reconcile(args: ReconcileArgs) -> Result<(), Error> {
     init_process();
-    runtime()?.block_on(reconcile_main(args))
+    let runtime = runtime()?;
+    let result = runtime.block_on(reconcile_main(args));
+    // Tasks still parked (a watch request, a blocking DNS lookup) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
 }
 
 async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
@@ -171,7 +183,13 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
         lease_namespace,
         lease_duration,
         leader_election_identity,
+        shutdown_timeout,
     } = args;
+    // First of all: from here on SIGTERM is ours (before, the default action kills the
+    // process, which then holds nothing). Polling once installs the handlers.
+    let mut signal = Box::pin(crate::cli::shutdown_signal());
+    let _ = futures::poll!(&mut signal);
+    tracing::info!(dry_run, leader_elect, "reconciler starting");
     let metrics = Arc::new(Metrics::new());
     let ironic = ironic.client()?.with_observer(metrics.ironic_observer());
     let kube = kube::Client::try_default()
@@ -201,10 +219,23 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
     };
 
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let progress = ctx.progress();
+    let deadline = Duration::from_secs(shutdown_timeout);
+    let watchdog = progress.clone();
     tokio::spawn(async move {
-        crate::cli::shutdown_signal().await;
-        tracing::info!("shutting down");
+        signal.await;
+        tracing::info!(shutdown_timeout_secs = deadline.as_secs(), "shutting down");
         let _ = shutdown_tx.send(true);
+        // A thread, not a task: it must fire even if the runtime is wedged.
+        std::thread::spawn(move || {
+            std::thread::sleep(deadline);
+            tracing::error!(
+                shutdown_timeout_secs = deadline.as_secs(),
+                stuck = %watchdog.describe(),
+                "shutdown did not finish in time; exiting"
+            );
+            std::process::exit(SHUTDOWN_TIMEOUT_EXIT);
+        });
     });
     let listener = tokio::net::TcpListener::bind(metrics_listen)
         .await
@@ -214,7 +245,7 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
         let _ = metrics_shutdown.wait_for(|s| *s).await;
     });
     let server = tokio::spawn(async move { server.await });
-    tracing::info!(%metrics_listen, dry_run, leader_elect, "reconciler starting");
+    tracing::info!(%metrics_listen, "serving /metrics and /healthz");
 
     let result = if leader_elect {
         let lease = LeaseConfig {
@@ -223,11 +254,12 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
             identity,
             duration_secs: lease_duration,
         };
-        controller::lead(kube, &lease, shutdown, |stop| {
+        controller::lead(kube, &lease, shutdown, &progress, |stop| {
             controller::run_controller(ctx.clone(), &config, stop)
         })
         .await
     } else {
+        progress.set_phase("reconciling");
         let mut sd = shutdown;
         controller::run_controller(ctx, &config, async move {
             let _ = sd.wait_for(|s| *s).await;
@@ -239,6 +271,9 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
     // Lease) it must not keep the process alive.
     server.abort();
     let _ = server.await;
+    if result.is_ok() {
+        tracing::info!("stopped");
+    }
     result
 }
 

@@ -9,11 +9,11 @@
 use super::{
     Error,
     apply::{self, HostSpec, Outcome},
+    events::{Recorder, events},
     metrics::Metrics,
-    plan::Blocked,
 };
 use crate::ironic::IronicClient;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -22,14 +22,14 @@ use kube::{
     runtime::{
         Controller,
         controller::{self, Action},
-        events::{Event, EventType, Recorder, Reporter},
+        events::Reporter,
         reflector::{ObjectRef, Store},
         watcher,
     },
 };
 use kube_lease_manager::LeaseManagerBuilder;
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -41,8 +41,6 @@ use tokio::sync::watch;
 pub const BACKOFF_MIN: Duration = Duration::from_secs(5);
 /// Cap of the retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// Longest event note we send (the API limit is 1 kB).
-const MAX_NOTE: usize = 1000;
 
 /// `metal3.io/v1alpha1` `baremetalhosts`.
 pub fn host_resource() -> ApiResource {
@@ -61,6 +59,7 @@ pub struct Context {
     dry_run: bool,
     resync: Duration,
     backoff: Backoff,
+    progress: Arc<Progress>,
 }
 
 impl Context {
@@ -83,7 +82,62 @@ impl Context {
             dry_run,
             resync,
             backoff: Backoff::default(),
+            progress: Arc::default(),
         }
+    }
+
+    /// What the controller is doing now (for the shutdown watchdog).
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+}
+
+/// Where the process is, so a shutdown that overruns its deadline can say what was stuck:
+/// the current phase and the hosts whose reconcile is still running.
+#[derive(Debug, Default)]
+pub struct Progress {
+    phase: Mutex<&'static str>,
+    in_flight: Mutex<BTreeSet<String>>,
+}
+
+impl Progress {
+    /// Records the current phase (e.g. "releasing the Lease").
+    pub fn set_phase(&self, phase: &'static str) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase;
+    }
+
+    /// Marks `host` as reconciling until the returned guard is dropped.
+    fn reconciling(&self, host: String) -> InFlight<'_> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.clone());
+        InFlight(self, host)
+    }
+
+    /// One line: the phase and the reconciles still running.
+    pub fn describe(&self) -> String {
+        let phase = *self.phase.lock().unwrap_or_else(|p| p.into_inner());
+        let hosts = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let phase = if phase.is_empty() { "starting" } else { phase };
+        if hosts.is_empty() {
+            phase.to_owned()
+        } else {
+            let list: Vec<&str> = hosts.iter().map(String::as_str).collect();
+            format!("{phase}; reconcile still running for {}", list.join(", "))
+        }
+    }
+}
+
+struct InFlight<'a>(&'a Progress, String);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
 }
 
@@ -113,6 +167,7 @@ fn key(obj: &DynamicObject) -> String {
 #[tracing::instrument(skip_all, fields(host = %key(&obj)))]
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
+    let _running = ctx.progress.reconciling(key(&obj));
     let result = pass(&obj, &ctx).await;
     let label = match &result {
         Ok(o) if o.skipped.is_some() => "skipped",
@@ -170,62 +225,6 @@ async fn pass(obj: &DynamicObject, ctx: &Context) -> Result<Outcome, Error> {
     apply::apply(&ctx.ironic, &host, desired.as_ref(), ctx.dry_run).await
 }
 
-/// The Events one pass produces: applied changes, waits, or the error. An in-sync pass is
-/// silent (it repeats every resync).
-fn events(result: &Result<Outcome, Error>, dry_run: bool) -> Vec<Event> {
-    let event = |type_, reason: &str, action: &str, note: String| Event {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate(note)),
-        action: action.into(),
-        secondary: None,
-    };
-    match result {
-        Err(e) => vec![event(
-            EventType::Warning,
-            e.event_reason(),
-            "Reconcile",
-            e.to_string(),
-        )],
-        Ok(o) => {
-            let mut out = Vec::new();
-            if !o.changes.is_empty() {
-                let (reason, verb) = if dry_run {
-                    ("BootVolumeDryRun", "would apply")
-                } else {
-                    ("BootVolumeApplied", "applied")
-                };
-                let note = format!("{verb} to Ironic node {}: {}", o.node_uuid, o.changes.join("; "));
-                out.push(event(EventType::Normal, reason, "Apply", note));
-            }
-            for b in &o.blocked {
-                let reason = match b {
-                    Blocked::WaitingForPowerOff { .. } => "WaitingForPowerOff",
-                    Blocked::InterfaceChangeNotAllowed { .. } => "StorageInterfaceChangeBlocked",
-                };
-                out.push(event(
-                    EventType::Warning,
-                    reason,
-                    "Wait",
-                    format!("Ironic node {}: {b}", o.node_uuid),
-                ));
-            }
-            out
-        }
-    }
-}
-
-fn truncate(s: String) -> String {
-    if s.len() <= MAX_NOTE {
-        return s;
-    }
-    let mut end = MAX_NOTE - 3;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
-}
-
 /// The hosts in `store` whose `bootVolume` references Secret `namespace/name`.
 pub fn hosts_referencing(
     store: &Store<DynamicObject>,
@@ -258,6 +257,11 @@ pub struct ControllerConfig {
 }
 
 /// Runs the controller until `stop` completes, then drains in-flight reconciles.
+///
+/// kube-runtime holds every reconcile until the host store has seen its first full list, and
+/// its graceful shutdown stops the watch that would fill the store, so a stop before the
+/// first list would wait forever. No reconcile can have started then, so the controller is
+/// simply dropped.
 pub async fn run_controller(
     ctx: Arc<Context>,
     config: &ControllerConfig,
@@ -280,6 +284,8 @@ pub async fn run_controller(
     }
     let controller = Controller::new_with(hosts, watcher::Config::default(), ar);
     let store = controller.store();
+    let stop = stop.shared();
+    let unready = stopped_before_ready(stop.clone(), controller.store());
     controller
         .watches(secrets, secret_watch, move |s: PartialObjectMeta<Secret>| {
             hosts_referencing(
@@ -291,12 +297,23 @@ pub async fn run_controller(
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
+        .take_until(unready)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "controller");
             }
         })
         .await;
+}
+
+/// Completes when `stop` has completed while `store` was not ready yet; otherwise never.
+/// Polled before the controller in the same task, so the store cannot turn ready in between.
+async fn stopped_before_ready(stop: impl Future<Output = ()>, store: Store<DynamicObject>) {
+    stop.await;
+    if store.wait_until_ready().now_or_never().is_some() {
+        std::future::pending::<()>().await;
+    }
+    tracing::info!("stopped before the first host list arrived; nothing to drain");
 }
 
 /// Leader election settings (`coordination.k8s.io/v1` Lease).
@@ -323,6 +340,7 @@ pub async fn lead<W, F>(
     client: Client,
     config: &LeaseConfig,
     shutdown: watch::Receiver<bool>,
+    progress: &Progress,
     mut work: W,
 ) -> Result<(), Error>
 where
@@ -331,16 +349,22 @@ where
 {
     let lease_error =
         |e: kube_lease_manager::LeaseManagerError| Error::Kube(format!("lease {}: {e}", config.name));
-    let manager = LeaseManagerBuilder::new(client, &config.name)
+    progress.set_phase("reading the Lease");
+    let build = LeaseManagerBuilder::new(client, &config.name)
         .with_namespace(&config.namespace)
         .with_identity(&config.identity)
         .with_duration(config.duration_secs.max(2))
         .with_grace((config.duration_secs / 3).max(1))
-        .build()
-        .await
-        .map_err(lease_error)?;
+        .build();
+    let mut sd = shutdown.clone();
+    // Building only reads (or creates) the Lease: a shutdown meanwhile leaves nothing to release.
+    let manager = tokio::select! {
+        m = build => m.map_err(lease_error)?,
+        _ = sd.wait_for(|s| *s) => return Ok(()),
+    };
     let (leader, task) = manager.watch().await;
     loop {
+        progress.set_phase("waiting for the Lease");
         let (mut became, mut sd) = (leader.clone(), shutdown.clone());
         let acquired = tokio::select! {
             r = became.wait_for(|l| *l) => r.is_ok(),
@@ -350,6 +374,7 @@ where
             break;
         }
         tracing::info!(identity = %config.identity, lease = %config.name, "acquired leadership");
+        progress.set_phase("reconciling (holding the Lease)");
         let (mut lost, mut sd) = (leader.clone(), shutdown.clone());
         let stop = async move {
             tokio::select! {
@@ -364,6 +389,7 @@ where
         tracing::warn!(identity = %config.identity, "lost leadership; stopped reconciling");
     }
     // Closing the channel makes the manager release the Lease and return.
+    progress.set_phase("releasing the Lease");
     drop(leader);
     match task.await {
         Ok(Ok(_)) => Ok(()),
@@ -425,6 +451,46 @@ mod tests {
         assert_eq!(names, ["by-name", "by-ref"]);
     }
 
+    #[tokio::test]
+    async fn a_stop_before_the_first_list_ends_the_controller_and_a_later_one_drains() {
+        use futures::FutureExt as _;
+        let mut writer = reflector::store::Writer::<DynamicObject>::new(host_resource());
+        let store = writer.as_reader();
+        let stop = || std::future::ready(());
+        assert!(
+            stopped_before_ready(stop(), store.clone())
+                .now_or_never()
+                .is_some(),
+            "not ready: ends at once"
+        );
+        assert!(
+            stopped_before_ready(std::future::pending(), store.clone())
+                .now_or_never()
+                .is_none(),
+            "no stop: runs on"
+        );
+        writer.apply_watcher_event(&WatchEvent::InitDone);
+        assert!(
+            stopped_before_ready(stop(), store).now_or_never().is_none(),
+            "ready: left to the graceful drain"
+        );
+    }
+
+    #[test]
+    fn progress_names_the_phase_and_the_running_reconciles() {
+        let p = Progress::default();
+        assert_eq!(p.describe(), "starting");
+        p.set_phase("releasing the Lease");
+        let a = p.reconciling("ns/a".into());
+        let b = p.reconciling("ns/b".into());
+        assert_eq!(
+            p.describe(),
+            "releasing the Lease; reconcile still running for ns/a, ns/b"
+        );
+        drop((a, b));
+        assert_eq!(p.describe(), "releasing the Lease");
+    }
+
     #[test]
     fn backoff_doubles_caps_and_resets_per_host() {
         let b = Backoff::default();
@@ -433,35 +499,5 @@ mod tests {
         assert_eq!(b.next("a/other"), BACKOFF_MIN);
         b.reset("a/h");
         assert_eq!(b.next("a/h"), BACKOFF_MIN);
-    }
-
-    #[test]
-    fn events_name_the_outcome_and_long_notes_are_cut() {
-        let o = Outcome {
-            node_uuid: "n".into(),
-            changes: vec!["x".repeat(2000)],
-            blocked: vec![Blocked::WaitingForPowerOff {
-                what: "update".into(),
-                power_state: "power on".into(),
-            }],
-            skipped: None,
-        };
-        let evs = events(&Ok(o), false);
-        let reasons: Vec<&str> = evs.iter().map(|e| e.reason.as_str()).collect();
-        assert_eq!(reasons, ["BootVolumeApplied", "WaitingForPowerOff"]);
-        assert!(evs[0].note.as_ref().unwrap().len() <= MAX_NOTE);
-        assert!(
-            events(&Ok(Outcome::default()), false).is_empty(),
-            "in sync is silent"
-        );
-        let err = Error::SecretNotFound {
-            namespace: "a".into(),
-            name: "chap".into(),
-        };
-        let evs = events(&Err(err), false);
-        assert_eq!(
-            (evs[0].reason.as_str(), evs[0].type_),
-            ("CredentialsMissing", EventType::Warning)
-        );
     }
 }

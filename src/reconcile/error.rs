@@ -64,7 +64,7 @@ impl Error {
         }
     }
 
-    /// A bounded label for `bootvolume_reconcile_total{result}` and event reasons.
+    /// A bounded label for `bootvolume_reconcile_total{result}` (Event reasons are in `events`).
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::NodeNotFound { .. } => "node_not_found",
@@ -93,22 +93,6 @@ impl Error {
             }
             Self::Kube(_) => true,
             _ => false,
-        }
-    }
-
-    /// A `PascalCase` reason for Kubernetes Events.
-    pub fn event_reason(&self) -> &'static str {
-        match self {
-            Self::NodeNotFound { .. } => "NodeNotFound",
-            Self::SecretNotFound { .. } | Self::SecretKeyMissing { .. } => "CredentialsMissing",
-            Self::Spec(_) => "InvalidBootVolume",
-            Self::Ironic {
-                source: ironic::Error::Transport { .. },
-                ..
-            } => "IronicUnreachable",
-            Self::Ironic { .. } => "IronicError",
-            Self::Kube(_) => "KubernetesError",
-            Self::Input(_) => "InvalidInput",
         }
     }
 }

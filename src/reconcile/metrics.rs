@@ -1,4 +1,4 @@
-//! Reconciler metrics (design.md section 3 names), served on the plain-HTTP metrics port.
+//! Reconciler metrics (names in docs/api.md), served on the plain-HTTP metrics port.
 //!
 //! - `bootvolume_reconcile_total{result}`: one per pass; `result` is `in_sync`, `applied`,
 //!   `waiting`, `skipped` or an error label ([`super::Error::metric_label`]): bounded.

@@ -1,7 +1,7 @@
 //! The pure diff: `(desired bootVolume, current Ironic state) -> actions`.
 //!
-//! No I/O happens here, so every rule of design.md section 5 and every Ironic state rule from
-//! ironic-notes.md section 7 is unit-tested below, including the idempotence proof: applying a
+//! No I/O happens here, so every reconciler rule (docs/architecture.md) and every Ironic state rule
+//! (which node states allow which change) is unit-tested below, including the idempotence proof: applying a
 //! plan to a simulated node and planning again yields nothing.
 //!
 //! Ownership: what we create carries a marker in `extra` ([`MANAGED_KEY`]); the node gets one
@@ -22,7 +22,7 @@ use std::fmt;
 pub const MANAGED_KEY: &str = "bootvolume_managed";
 /// Target `extra` key holding the digest of the CHAP credentials last sent.
 pub const CREDENTIALS_KEY: &str = "bootvolume_credentials";
-/// The node capability boot from volume needs (ironic-notes.md section 8).
+/// The node capability boot from volume needs (Ironic's iPXE boot interface reads it).
 pub const ISCSI_BOOT_CAPABILITY: &str = "iscsi_boot";
 /// The storage interface of a node without a boot volume.
 pub const NOOP_STORAGE: &str = "noop";
@@ -379,7 +379,7 @@ impl Plan {
     }
 }
 
-/// What Ironic allows on the node now (ironic-notes.md sections 1 and 7).
+/// What Ironic allows on the node now (by provision state and power state).
 struct Permissions {
     update: bool,
     delete: bool,
@@ -725,6 +725,58 @@ fn plan_removal(current: &Current, perms: &Permissions, out: &mut Plan) {
     plan_node(None, current, perms, &mut node_plan);
     out.blocked = node_plan.blocked;
     out.actions.extend(node_plan.actions);
+}
+
+/// The kind of change a plan's writes make, so reports (Events, logs) can say what happened
+/// rather than list writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// `bootVolume` configured or updated (anything beyond the CHAP credentials).
+    Applied,
+    /// Only the boot target's CHAP credentials are re-sent (a rotated Secret).
+    CredentialsRotated,
+    /// `bootVolume` removed: our target, connector and node settings undone.
+    Removed,
+}
+
+/// Classifies `actions` (planned from `desired` and `current`); `None` when there are none.
+/// A rotation is a pass whose only writes replace the boot target while its volume, type and
+/// every property but the credentials already match.
+pub fn classify(desired: Option<&Desired>, current: &Current, actions: &[Action]) -> Option<Change> {
+    if actions.is_empty() {
+        return None;
+    }
+    let Some(d) = desired else {
+        return Some(Change::Removed);
+    };
+    let only_boot_target = actions.iter().all(|a| match a {
+        Action::PatchTarget { .. } => true,
+        Action::DeleteTarget { boot_index, .. } => *boot_index == 0,
+        Action::CreateTarget(t) => t.boot_index == 0,
+        _ => false,
+    });
+    let without_credentials = |props: &Map<String, Value>| {
+        let mut p = props.clone();
+        p.remove(PASSWORD_KEY);
+        p.remove("auth_username");
+        p
+    };
+    let same_but_credentials = current
+        .targets
+        .iter()
+        .find(|t| t.boot_index == 0)
+        .is_some_and(|t| {
+            d.credentials.is_some()
+                && is_managed(&t.extra)
+                && t.volume_type == TARGET_TYPE_ISCSI
+                && t.volume_id == d.volume_id
+                && d.properties.as_ref().map(without_credentials) == Some(without_credentials(&t.properties))
+        });
+    Some(if only_boot_target && same_but_credentials {
+        Change::CredentialsRotated
+    } else {
+        Change::Applied
+    })
 }
 
 /// Sets (`Some(value)`) or removes (`None`) `key` in Ironic's `k:v,k:v` capabilities string,

@@ -1,4 +1,4 @@
-//! The bootVolume rules (design.md section 2): pure functions, `(old, new) -> Verdict`.
+//! The bootVolume rules (docs/api.md): pure functions, `(old, new) -> Verdict`.
 //!
 //! No I/O, no `async`, no `Result`: a violation is a value. CREATE runs the schema and the
 //! spec rules; UPDATE first checks the ratchet, then adds the transition rules, like
@@ -81,5 +81,7 @@ fn merge(schema_errors: Vec<FieldError>, rule_errors: Vec<FieldError>) -> Vec<Fi
     out
 }
 
+#[cfg(test)]
+mod cel_tests;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
 //! Rules on one object's `spec.bootVolume` and its interplay with the rest of the host
-//! (design.md section 2). Each function adds to a [`Verdict`]; none can fail.
+//! (docs/api.md). Each function adds to a [`Verdict`]; none can fail.
 
 use super::{
     Policy,

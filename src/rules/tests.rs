@@ -27,7 +27,7 @@ fn want(expected: &[(&str, ErrorKind)]) -> Vec<(String, ErrorKind)> {
 }
 
 /// Expected errors of a row: (field, type).
-type Expected = Vec<(&'static str, ErrorKind)>;
+pub(super) type Expected = Vec<(&'static str, ErrorKind)>;
 
 fn inline_policy() -> Policy {
     Policy {
@@ -36,15 +36,20 @@ fn inline_policy() -> Policy {
     }
 }
 
-/// CREATE rows: (case, host, policy, expected errors).
-#[test]
-fn create_rules() {
+/// A CREATE row: (case, host, policy, expected errors).
+pub(super) type CreateCase = (&'static str, Host, Policy, Expected);
+/// An UPDATE row: (case, old, new, expected errors).
+pub(super) type UpdateCase = (&'static str, Host, Host, Expected);
+
+/// CREATE rows: (case, host, policy, expected errors). Also the corpus the CEL agreement
+/// test evaluates.
+pub(super) fn create_cases() -> Vec<CreateCase> {
     let p = Policy::default();
     let ext = Host::external;
     let cin = Host::cinder;
     let long = |n: usize| "a".repeat(n);
     let t = "/spec/bootVolume/iscsiTarget";
-    let cases: Vec<(&str, Host, Policy, Expected)> = vec![
+    vec![
         // volumeDriver
         ("accept_external", ext(), p.clone(), vec![]),
         ("accept_cinder", cin(), p.clone(), vec![]),
@@ -605,7 +610,12 @@ fn create_rules() {
             p.clone(),
             vec![],
         ),
-    ];
+    ]
+}
+
+#[test]
+fn create_rules() {
+    let cases = create_cases();
     let mut failures = Vec::new();
     for (name, host, policy, expected) in &cases {
         let got = errors_of(&run(policy, None, host));
@@ -671,9 +681,8 @@ fn warnings_are_short_single_lines() {
 }
 
 /// UPDATE rows: (case, old, new, expected errors).
-#[test]
-fn update_rules() {
-    let p = Policy::default();
+/// UPDATE rows, all under the default policy. Also the CEL agreement test's corpus.
+pub(super) fn update_cases() -> Vec<UpdateCase> {
     let ext = Host::external;
     let lun = "/spec/bootVolume/iscsiTarget/lun";
     let invalid = || ext().remove("/spec/bootVolume/iscsiCredentialsName");
@@ -687,7 +696,7 @@ fn update_rules() {
                 json!({"name": "host-0-chap", "namespace": "metal3"}),
             )
     };
-    let cases: Vec<(&str, Host, Host, Expected)> = vec![
+    vec![
         (
             "accept_ratchet_unchanged_invalid_block",
             invalid(),
@@ -804,7 +813,13 @@ fn update_rules() {
             mutated(),
             vec![],
         ),
-    ];
+    ]
+}
+
+#[test]
+fn update_rules() {
+    let p = Policy::default();
+    let cases = update_cases();
     let mut failures = Vec::new();
     for (name, old, new, expected) in &cases {
         let got = errors_of(&run(&p, Some(old), new));
@@ -850,4 +865,33 @@ fn passwords_never_appear_in_messages() {
         );
         assert!(!format!("{} {:?}", v.message(), v.errors).contains(secret));
     }
+}
+
+/// Every rule id the tables produce is documented (the source scan in `tests/docs.rs`
+/// finds the ids of the known constructors; this finds any id a rule actually emits).
+#[test]
+fn every_rule_id_is_documented() {
+    let api =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).expect("docs/api.md");
+    let mut ids = std::collections::BTreeSet::new();
+    for (_, host, policy, _) in create_cases() {
+        ids.extend(run(&policy, None, &host).errors.iter().map(|e| e.rule));
+    }
+    for (_, old, new, _) in update_cases() {
+        ids.extend(
+            run(&Policy::default(), Some(&old), &new)
+                .errors
+                .iter()
+                .map(|e| e.rule),
+        );
+    }
+    assert!(ids.len() >= 20, "{ids:?}");
+    let missing: Vec<_> = ids
+        .iter()
+        .filter(|id| !api.contains(&format!("`{id}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "rule ids missing from docs/api.md: {missing:?}"
+    );
 }

@@ -8,6 +8,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod proxy;
+pub mod tls_proxy;
 
 use bootvolume::ironic::{ClientConfig, Connector, IronicClient, Target};
 use reqwest::Method;

@@ -579,3 +579,73 @@ fn descriptions_never_show_the_password() {
             .contains("auth_password=<redacted>")
     );
 }
+
+#[test]
+fn classify_names_the_kind_of_change() {
+    let fresh = node("available", Some("power off"));
+    let configured = converge(Some(&desired_external()), &fresh);
+    let rotated = Desired::from_boot_volume(&bv_external(), creds("n3w-pw")).unwrap();
+    let mut renamed = rotated.clone();
+    renamed.credentials.as_mut().unwrap().username = "other".into();
+    renamed
+        .properties
+        .as_mut()
+        .unwrap()
+        .insert("auth_username".into(), json!("other"));
+    let mut new_lun = bv_external();
+    new_lun.iscsi_target.as_mut().unwrap().lun = Some(9);
+    let new_lun = Desired::from_boot_volume(&new_lun, creds("n3w-pw")).unwrap();
+    // Powered on in manageable: the target is replaced (delete + create), still a rotation.
+    let mut manageable_on = configured.clone();
+    manageable_on.node.provision_state = Some("manageable".into());
+    manageable_on.node.power_state = Some("power on".into());
+    let cases: [(&str, Option<&Desired>, &Current, Option<Change>); 8] = [
+        (
+            "first configuration",
+            Some(&desired_external()),
+            &fresh,
+            Some(Change::Applied),
+        ),
+        ("in sync", Some(&desired_external()), &configured, None),
+        (
+            "new password",
+            Some(&rotated),
+            &configured,
+            Some(Change::CredentialsRotated),
+        ),
+        (
+            "new user name",
+            Some(&renamed),
+            &configured,
+            Some(Change::CredentialsRotated),
+        ),
+        (
+            "replaced target",
+            Some(&rotated),
+            &manageable_on,
+            Some(Change::CredentialsRotated),
+        ),
+        (
+            "new LUN and password",
+            Some(&new_lun),
+            &configured,
+            Some(Change::Applied),
+        ),
+        (
+            "CHAP switched off",
+            Some(&desired_no_auth()),
+            &configured,
+            Some(Change::Applied),
+        ),
+        ("removed", None, &configured, Some(Change::Removed)),
+    ];
+    for (name, desired, current, want) in cases {
+        let p = plan(desired, current);
+        assert_eq!(classify(desired, current, &p.actions), want, "{name}: {p:?}");
+    }
+    assert_eq!(
+        classify(None, &fresh, &plan(None, &fresh).actions),
+        None,
+        "nothing to remove"
+    );
+}
