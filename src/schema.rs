@@ -216,7 +216,7 @@ pub fn check(bv: &BootVolume, shape: &Shape) -> Vec<FieldError> {
         string(
             "spec.bootVolume.iscsiTarget.portal",
             t.portal.as_deref(),
-            &[Pattern(portal_pattern)],
+            &[MaxLen(259), Pattern(portal_pattern)],
             o,
         );
         if let Some(n) = &shape.lun {
@@ -259,6 +259,12 @@ pub fn check(bv: &BootVolume, shape: &Shape) -> Vec<FieldError> {
     out
 }
 
+/// The schema violations of a parsed `spec.bootVolume` block (`check`, tests).
+pub fn validate(block: &Value) -> Vec<FieldError> {
+    let (bv, shape) = crate::api::read_boot_volume(crate::api::Json::Tree(block));
+    check(&bv, &shape)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,8 +273,90 @@ mod tests {
     use serde_json::json;
 
     fn errors(block: &Value) -> Vec<FieldError> {
-        let (bv, shape) = read_boot_volume(Json::Tree(block));
-        check(&bv, &shape)
+        validate(block)
+    }
+
+    /// Every constraint of the shipped schema, flattened: a change to the file fails here
+    /// until the checks above (and this table) follow it.
+    #[test]
+    fn the_checks_cover_every_constraint_of_the_schema() {
+        fn walk(schema: &Value, path: &str, out: &mut Vec<String>) {
+            let Some(obj) = schema.as_object() else { return };
+            for (k, v) in obj {
+                match k.as_str() {
+                    "description" | "x-kubernetes-validations" => {}
+                    "properties" => {
+                        for (name, sub) in v.as_object().into_iter().flatten() {
+                            walk(sub, &format!("{path}.{name}"), out);
+                        }
+                    }
+                    // Strings as written (a pattern's backslashes unescaped).
+                    _ => out.push(match v.as_str() {
+                        Some(text) => format!("{path} {k}=\"{text}\""),
+                        None => format!("{path} {k}={v}"),
+                    }),
+                }
+            }
+        }
+        let patch: Value = serde_json::from_str(BOOT_VOLUME_SCHEMA_PATCH).expect("JSON");
+        let schema = patch
+            .as_array()
+            .and_then(|ops| {
+                ops.iter()
+                    .find(|op| op["path"].as_str().is_some_and(|p| p.ends_with("/bootVolume")))
+            })
+            .map(|op| op["value"].clone())
+            .expect("the patch adds bootVolume");
+        let mut got = Vec::new();
+        walk(&schema, "bootVolume", &mut got);
+        got.sort();
+        let mut want: Vec<String> = [
+            r#"bootVolume type="object""#,
+            r#"bootVolume required=["volumeId","volumeDriver","connectorId"]"#,
+            r#"bootVolume.volumeId type="string""#,
+            "bootVolume.volumeId minLength=1",
+            "bootVolume.volumeId maxLength=36",
+            r#"bootVolume.volumeDriver type="string""#,
+            r#"bootVolume.volumeDriver enum=["cinder","external"]"#,
+            r#"bootVolume.connectorId type="string""#,
+            "bootVolume.connectorId maxLength=223",
+            r#"bootVolume.connectorId pattern="^([iI][qQ][nN]|[eE][uU][iI]|[nN][aA][aA])\..+$""#,
+            r#"bootVolume.targetType type="string""#,
+            r#"bootVolume.targetType enum=["iscsi"]"#,
+            r#"bootVolume.iscsiCredentialsName type="string""#,
+            "bootVolume.iscsiCredentialsName maxLength=253",
+            r#"bootVolume.iscsiCredentialsName pattern="^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$""#,
+            r#"bootVolume.iscsiTarget type="object""#,
+            r#"bootVolume.iscsiTarget.iqn type="string""#,
+            "bootVolume.iscsiTarget.iqn maxLength=223",
+            r#"bootVolume.iscsiTarget.iqn pattern="^([iI][qQ][nN]|[eE][uU][iI]|[nN][aA][aA])\..+$""#,
+            r#"bootVolume.iscsiTarget.portal type="string""#,
+            r#"bootVolume.iscsiTarget.portal pattern="^[^:\s\[\]]+(:[0-9]{1,5})?$""#,
+            "bootVolume.iscsiTarget.portal maxLength=259",
+            r#"bootVolume.iscsiTarget.lun type="integer""#,
+            "bootVolume.iscsiTarget.lun minimum=0",
+            "bootVolume.iscsiTarget.lun maximum=65535",
+            r#"bootVolume.iscsiTarget.authMethod type="string""#,
+            r#"bootVolume.iscsiTarget.authMethod enum=["CHAP","None"]"#,
+            r#"bootVolume.iscsiTarget.authUser type="string""#,
+            r#"bootVolume.iscsiTarget.authPasswd type="string""#,
+            r#"bootVolume.iscsiTarget.iType type="string""#,
+            r#"bootVolume.iscsiTarget.iType enum=["iqn"]"#,
+            r#"bootVolume.iscsiTarget.authSecretRef type="object""#,
+            r#"bootVolume.iscsiTarget.authSecretRef required=["name"]"#,
+            r#"bootVolume.iscsiTarget.authSecretRef.name type="string""#,
+            "bootVolume.iscsiTarget.authSecretRef.name maxLength=253",
+            r#"bootVolume.iscsiTarget.authSecretRef.namespace type="string""#,
+            "bootVolume.iscsiTarget.authSecretRef.namespace maxLength=63",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        want.sort();
+        assert_eq!(
+            got, want,
+            "the bootVolume schema changed: update `check` (and this table)"
+        );
     }
 
     /// The reference: a JSON Schema validator over the shipped schema, made strict the way
@@ -494,6 +582,9 @@ mod tests {
             json!("a".repeat(254)),
             json!("a".repeat(63)),
             json!("a".repeat(64)),
+            json!("a".repeat(259)),
+            json!("a".repeat(260)),
+            json!(format!("{}:3260", "a".repeat(254))),
             json!(null),
             json!(true),
             json!(0),
