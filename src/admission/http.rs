@@ -221,7 +221,12 @@ async fn handle(state: &AppState, webhook: Webhook, headers: HeaderMap, body: Bo
 
 /// The answer as JSON, written into one buffer sized for a typical review.
 fn encode(review: &ReviewResponse) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], review.to_json()).into_response()
+    let mut body = Vec::with_capacity(512);
+    match serde_json::to_writer(&mut body, review) {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        // Our own response types always serialize.
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 async fn validate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {

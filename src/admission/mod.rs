@@ -224,71 +224,6 @@ impl From<Response> for ReviewResponse {
     }
 }
 
-impl ReviewResponse {
-    /// The review as JSON, byte for byte what serde writes. Answers without a `status`
-    /// (every allowed one) are written directly: the base64 patch, the largest field, has
-    /// nothing to escape, and serde would scan it byte by byte to find out.
-    pub fn to_json(&self) -> Vec<u8> {
-        let r = &self.response;
-        let mut out = Vec::with_capacity(256 + r.patch.as_ref().map_or(0, String::len));
-        // Serializing strings, string lists and string maps into a Vec cannot fail.
-        let json = |out: &mut Vec<u8>, v: &dyn erased::Json| v.write(out);
-        if r.status.is_some() {
-            let _ = serde_json::to_writer(&mut out, self);
-            return out;
-        }
-        out.extend_from_slice(b"{\"apiVersion\":");
-        json(&mut out, &self.api_version);
-        out.extend_from_slice(b",\"kind\":");
-        json(&mut out, &self.kind);
-        out.extend_from_slice(b",\"response\":{\"uid\":");
-        json(&mut out, &r.uid);
-        out.extend_from_slice(if r.allowed {
-            b",\"allowed\":true"
-        } else {
-            b",\"allowed\":false"
-        });
-        if let Some(t) = &r.patch_type {
-            out.extend_from_slice(b",\"patchType\":");
-            json(&mut out, t);
-        }
-        if let Some(p) = &r.patch {
-            out.extend_from_slice(b",\"patch\":");
-            if p.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
-            {
-                out.push(b'"');
-                out.extend_from_slice(p.as_bytes());
-                out.push(b'"');
-            } else {
-                json(&mut out, p);
-            }
-        }
-        if !r.warnings.is_empty() {
-            out.extend_from_slice(b",\"warnings\":");
-            json(&mut out, &r.warnings);
-        }
-        if !r.audit_annotations.is_empty() {
-            out.extend_from_slice(b",\"auditAnnotations\":");
-            json(&mut out, &r.audit_annotations);
-        }
-        out.extend_from_slice(b"}}");
-        out
-    }
-}
-
-/// The few value types [`ReviewResponse::to_json`] writes through serde.
-mod erased {
-    pub trait Json {
-        fn write(&self, out: &mut Vec<u8>);
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn write(&self, out: &mut Vec<u8>) {
-            let _ = serde_json::to_writer(out, self);
-        }
-    }
-}
-
 /// What was decided, for the audit log and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -444,42 +379,5 @@ fn deny(req: &Request, verdict: Verdict) -> Outcome {
         },
         decision: Decision::Denied,
         violations,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The direct writer and serde agree byte for byte, on every fixture's answers and on
-    /// strings that need escaping.
-    #[test]
-    fn to_json_is_what_serde_writes() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission");
-        let mut reviews = Vec::new();
-        for entry in std::fs::read_dir(dir).expect("fixtures") {
-            let text = std::fs::read(entry.expect("entry").path()).expect("read");
-            let review = http::parse(&text).expect("fixture is a review");
-            let request = review.request.expect("request");
-            for webhook in [Webhook::Validate, Webhook::Mutate] {
-                reviews.push(ReviewResponse::from(
-                    admit(&Policy::default(), webhook, &request).response,
-                ));
-            }
-        }
-        assert!(reviews.iter().any(|r| r.response.patch.is_some()));
-        assert!(reviews.iter().any(|r| r.response.status.is_some()));
-        assert!(reviews.iter().any(|r| !r.response.warnings.is_empty()));
-        let mut odd = reviews[0].clone();
-        odd.response.uid = "a\"b\\c\n\u{1}".into();
-        odd.response.patch = Some("not base64: \"quoted\"".into());
-        odd.response.warnings = vec!["w \"1\"".into()];
-        reviews.push(odd);
-        for r in &reviews {
-            assert_eq!(
-                String::from_utf8(r.to_json()).expect("utf8"),
-                serde_json::to_string(r).expect("serialize")
-            );
-        }
     }
 }
