@@ -315,6 +315,20 @@ mod tests {
     }
 
     #[test]
+    fn obeys_the_log_level() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let sink = Sink::default();
+        let log = AuditLog::buffered(false, Counter::default(), Box::new(sink.clone()));
+        let quiet = tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::WARN);
+        tracing::subscriber::with_default(quiet, || log.record(&entry("hidden", &[])));
+        let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+        log.record(&entry("shown", &[]));
+        drop(log);
+        let text = String::from_utf8(sink.0.lock().expect("lock").clone()).expect("utf8");
+        assert!(text.contains("uid=shown") && !text.contains("hidden"), "{text}");
+    }
+
+    #[test]
     fn a_blocked_writer_drops_and_counts_instead_of_blocking() {
         let sink = Sink::default();
         let dropped = Counter::default();
