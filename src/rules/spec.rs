@@ -374,11 +374,7 @@ fn warnings(host: &HostView, out: &mut Verdict) {
             ));
         }
     }
-    if host
-        .spec("bootMACAddress")
-        .and_then(|v| v.as_str())
-        .is_none_or(str::is_empty)
-    {
+    if host.boot_mac_address().is_none_or(str::is_empty) {
         out.warnings
             .push("spec.bootMACAddress is empty: iPXE boot from volume needs a PXE-enabled port".to_owned());
     }
