@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
+# A clean clone builds once: incremental caches would only cost disk (several GiB).
+export CARGO_INCREMENTAL=0
+
 step "format"
 cargo fmt --check
 
