@@ -12,7 +12,9 @@
 //! webhook's readiness time and resident memory (idle, and peak under load).
 //!
 //! `cargo bench --bench load [-- --seconds N]`; a Markdown report goes to
-//! `target/bench/load.md`.
+//! `target/bench/load.md`. `BOOTVOLUME_BIN=path` benchmarks another build of the webhook;
+//! `BOOTVOLUME_BENCH_PRETTY=1` sends the fixture indented as in the file instead of compact
+//! (as the API server sends it).
 
 use bootvolume::{
     server::{Limits, serve_router},
@@ -34,11 +36,38 @@ use tokio::net::TcpStream;
 
 const REVIEW: &str = include_str!("../tests/fixtures/admission/load_create_external_valid.json");
 
+/// The request body: the review as kube-apiserver sends it (compact JSON, 1.2 KB), or with
+/// BOOTVOLUME_BENCH_PRETTY=1 the fixture file as written (indented, 2 KB).
+fn review_body() -> Bytes {
+    if std::env::var_os("BOOTVOLUME_BENCH_PRETTY").is_some() {
+        return Bytes::from_static(REVIEW.as_bytes());
+    }
+    let v: serde_json::Value = serde_json::from_str(REVIEW).expect("fixture is JSON");
+    Bytes::from(serde_json::to_vec(&v).expect("JSON"))
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--serve-ceiling") {
         return ceiling(&args[i + 1], &args[i + 2]);
+    }
+    // Helpers for scripts/instructions.sh: certificates for `localhost`, and a client that
+    // sends N requests over one keep-alive connection.
+    if let Some(i) = args.iter().position(|a| a == "--gen-certs") {
+        let certs = tls::generate(Path::new(&args[i + 1]), &["localhost".into()]).expect("certs");
+        println!(
+            "{} {} {}",
+            certs.ca.display(),
+            certs.cert.display(),
+            certs.key.display()
+        );
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--client") {
+        let (addr, ca, path) = (&args[i + 1], &args[i + 2], args[i + 3].clone());
+        let n: usize = args[i + 4].parse().expect("request count");
+        return client(addr.parse().expect("addr"), Path::new(ca), path, n);
     }
     let seconds = args
         .iter()
@@ -74,6 +103,22 @@ fn ceiling(cert: &str, key: &str) {
             .route("/validate", axum::routing::post(fixed))
             .route("/mutate", axum::routing::post(fixed));
         serve_router(listener, config, app, &Limits::default(), std::future::pending()).await;
+    });
+}
+
+/// Sends `n` requests one after the other over one HTTP/1.1 keep-alive TLS connection.
+fn client(addr: SocketAddr, ca: &Path, path: String, n: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let body = review_body();
+        let mut sender = connect(addr, ca, false).await;
+        let path: &'static str = Box::leak(path.into_boxed_str());
+        for i in 0..n {
+            assert!(one(&mut sender, path, &body).await, "request {i} failed");
+        }
     });
 }
 
@@ -136,7 +181,10 @@ fn start_ceiling(cert: &Path, key: &Path) -> Server {
 async fn start_webhook(cert: &Path, key: &Path) -> (Server, Duration) {
     let (port, metrics_port) = (free_port(), free_port());
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_bootvolume"))
+    // BOOTVOLUME_BIN: another build of the webhook (to compare two builds in one run).
+    let bin = std::env::var_os("BOOTVOLUME_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bootvolume")), PathBuf::from);
+    let child = Command::new(bin)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .args([
@@ -249,7 +297,7 @@ async fn load(
     h2: bool,
     secs: Duration,
 ) -> Figures {
-    let body = Bytes::from_static(REVIEW.as_bytes());
+    let body = review_body();
     let senders: Vec<Sender> = if h2 {
         let Sender::H2(s) = connect(addr, ca, true).await else {
             unreachable!("h2 connect")

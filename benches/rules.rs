@@ -4,7 +4,6 @@
 
 use bootvolume::{
     admission::{self, Review, ReviewResponse, Webhook},
-    api::HostView,
     mutate, rules,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -17,8 +16,9 @@ fn bench(c: &mut Criterion) {
     let review: Review = serde_json::from_str(FIXTURE).expect("fixture is a review");
     let request = review.request.expect("request");
     let fixture: serde_json::Value = serde_json::from_str(FIXTURE).expect("fixture is JSON");
-    let object = bootvolume::api::parse_host_subset(&fixture["request"]["object"].to_string()).expect("host");
-    let view = HostView::new(&object).expect("host view");
+    let object = fixture["request"]["object"].to_string();
+    let doc = bootvolume::api::parse_host(&object).expect("host");
+    let view = doc.view();
     assert!(rules::validate(&policy, None, &view).allowed());
     assert!(!mutate::patch(&policy, "alice", None, &view).is_empty());
 
@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
     for webhook in [Webhook::Validate, Webhook::Mutate] {
         c.bench_function(&format!("decode+admit+encode {}", webhook.label()), |b| {
             b.iter(|| {
-                let review: Review = serde_json::from_slice(black_box(bytes)).expect("review");
+                let review: Review = admission::http::parse(black_box(bytes)).expect("review");
                 let request = review.request.expect("request");
                 let outcome = admission::admit(&policy, webhook, &request);
                 serde_json::to_vec(&ReviewResponse::from(outcome.response)).expect("encode")

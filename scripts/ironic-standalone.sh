@@ -86,6 +86,9 @@ host = ironic-standalone
 enabled_hardware_types = fake-hardware,manual-management
 enabled_boot_interfaces = fake,ipxe,pxe
 enabled_deploy_interfaces = fake,direct,ramdisk
+# As metal3's Ironic: a node enrolled without a deploy interface (as baremetal-operator
+# enrolls it) gets \`direct\`, whose adoption writes the node's iPXE boot script (\`fake\` does not).
+default_deploy_interface = direct
 enabled_management_interfaces = fake,noop
 enabled_power_interfaces = fake
 enabled_storage_interfaces = noop,cinder,external,fake

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
+# A clean clone builds once: incremental caches would only cost disk (several GiB).
+export CARGO_INCREMENTAL=0
+
 step "format"
 cargo fmt --check
 
@@ -18,6 +21,28 @@ step "ring only (no aws-lc in the dependency tree)"
 if grep -q '^name = "aws-lc' Cargo.lock; then
     echo "aws-lc found in Cargo.lock: pick exactly one rustls provider (ring)" >&2
     exit 1
+fi
+
+step "boot test tools (QEMU, iPXE ROMs, tgt, nasm)"
+# tests/boot_proof.rs boots a VM from an iSCSI volume; it fails (never skips) without these.
+boot_packages="qemu-system-x86 ipxe-qemu tgt nasm"
+boot_tools_present() {
+    local tool
+    for tool in qemu-system-x86_64 tgtd tgtadm nasm; do
+        PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null || return 1
+    done
+    [[ -f /usr/lib/ipxe/qemu/efi-virtio.rom || -f /usr/share/qemu/efi-virtio.rom ]]
+}
+if ! boot_tools_present; then
+    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+        echo "the boot test needs $boot_packages: run \`apt-get install -y $boot_packages\` as root" >&2
+        exit 1
+    fi
+    echo "installing $boot_packages" >&2
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $boot_packages >/dev/null \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $boot_packages >/dev/null; }
+    boot_tools_present || { echo "installing $boot_packages failed" >&2; exit 1; }
 fi
 
 step "Ironic (standalone, loopback)"

@@ -5,8 +5,11 @@
 //! [`HostView`] borrows the raw JSON and exposes only what the rules and the reconciler read,
 //! and [`BootVolume`] is the typed form of `spec.bootVolume`.
 
+mod read;
+
+pub use read::{HostDoc, HostRead, Json, ObjectOr, Problem, Shape, field, parse_host, read_boot_volume};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use std::fmt;
 
 /// API group/version of the objects we admit.
@@ -129,44 +132,7 @@ pub struct SecretRef {
     pub namespace: Option<String>,
 }
 
-fn str_of(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_owned)
-}
-
 impl BootVolume {
-    /// Reads `spec.bootVolume` leniently: a field of the wrong JSON type reads as absent.
-    ///
-    /// Type errors are the schema validator's to report; the semantic rules then see the
-    /// rest of the block, so one request reports every problem at once.
-    pub fn from_value_lenient(v: &Value) -> Self {
-        Self {
-            volume_id: str_of(v, "volumeId"),
-            volume_driver: str_of(v, "volumeDriver"),
-            connector_id: str_of(v, "connectorId"),
-            target_type: str_of(v, "targetType"),
-            iscsi_target: v
-                .get("iscsiTarget")
-                .filter(|t| t.is_object())
-                .map(|t| IscsiTarget {
-                    iqn: str_of(t, "iqn"),
-                    portal: str_of(t, "portal"),
-                    lun: t.get("lun").and_then(Value::as_i64),
-                    auth_method: str_of(t, "authMethod"),
-                    auth_user: str_of(t, "authUser"),
-                    auth_passwd: str_of(t, "authPasswd").map(Sensitive),
-                    i_type: str_of(t, "iType"),
-                    auth_secret_ref: t
-                        .get("authSecretRef")
-                        .filter(|r| r.is_object())
-                        .map(|r| SecretRef {
-                            name: str_of(r, "name"),
-                            namespace: str_of(r, "namespace"),
-                        }),
-                }),
-            iscsi_credentials_name: str_of(v, "iscsiCredentialsName"),
-        }
-    }
-
     /// The portal with the default port appended when it has none.
     pub fn portal_with_port(&self) -> Option<String> {
         let portal = self.iscsi_target.as_ref()?.portal.as_deref()?;
@@ -206,27 +172,48 @@ impl BootVolume {
         self.iscsi_target.as_ref().and_then(|t| t.lun).unwrap_or(0)
     }
 }
-
 /// A borrowed, read-only view of a BareMetalHost: only the fields our rules read.
 ///
-/// Built from the raw JSON the API server sent; nothing is copied except the small
-/// `bootVolume` block.
+/// Built from request text ([`HostDoc::view`], nothing copied but the small `bootVolume`
+/// block) or from a parsed `Value` ([`HostView::new`]: the reconciler, `check`, tests).
 #[derive(Clone, Debug)]
 pub struct HostView<'a> {
-    /// The whole object as received.
-    pub raw: &'a Value,
     /// `metadata.namespace` (empty when absent, as in a manifest without one).
     pub namespace: &'a str,
     /// `metadata.name` (or `generateName` when the name is not assigned yet).
     pub name: &'a str,
     /// `spec.bootVolume` as sent, when present (and not null).
-    pub boot_volume_raw: Option<&'a Value>,
+    pub boot_volume_raw: Option<Json<'a>>,
     /// The typed, lenient reading of `spec.bootVolume`.
     pub boot_volume: Option<BootVolume>,
+    /// What reading `spec.bootVolume` found besides its value (presence, schema problems).
+    pub boot_volume_shape: Shape,
+    /// `spec` is an object (a patch can add under it).
+    pub has_spec: bool,
+    spec: SpecFields<'a>,
+    deleting: bool,
+    operational_status: Option<&'a str>,
+    provisioning_state: Option<&'a str>,
+    node_id: Option<&'a str>,
+}
+
+/// The `spec` fields the rules read besides `bootVolume`.
+#[derive(Clone, Debug, Default)]
+struct SpecFields<'a> {
+    image: Option<Json<'a>>,
+    custom_deploy: Option<Json<'a>>,
+    externally_provisioned: Option<Json<'a>>,
+    root_device_hints: Option<Json<'a>>,
+    raid: Option<Json<'a>>,
+    user_data: Option<Json<'a>>,
+    network_data: Option<Json<'a>>,
+    meta_data: Option<Json<'a>>,
+    bmc_address: Option<&'a str>,
+    boot_mac_address: Option<&'a str>,
 }
 
 /// Why an object cannot be read as a BareMetalHost at all.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ViewError {
     /// The object is not a JSON object.
     #[error("object is not a JSON object")]
@@ -242,30 +229,117 @@ pub enum ViewError {
     Json(String),
 }
 
+fn boot_volume_of(raw: Option<Json<'_>>) -> (Option<BootVolume>, Shape) {
+    match raw {
+        Some(json) => {
+            let (bv, shape) = read_boot_volume(json);
+            (Some(bv), shape)
+        }
+        None => (None, Shape::default()),
+    }
+}
+
+impl<'a> HostDoc<'a> {
+    /// The view of a host read from request text.
+    pub fn view(&self) -> HostView<'_> {
+        let text = |r: Option<&'a RawValue>| r.map(Json::Text);
+        let meta = self.metadata.as_ref();
+        let spec = self.spec.as_ref();
+        let status = self.status.as_ref();
+        let provisioning = status.and_then(|s| match &s.provisioning {
+            Some(ObjectOr::Object(p)) => Some(p),
+            _ => None,
+        });
+        let boot_volume_raw = spec.and_then(|s| text(s.boot_volume));
+        let (boot_volume, boot_volume_shape) = boot_volume_of(boot_volume_raw);
+        HostView {
+            namespace: meta.and_then(|m| m.namespace.get()).unwrap_or(""),
+            name: meta
+                .and_then(|m| m.name.get().or(m.generate_name.get()))
+                .unwrap_or(""),
+            boot_volume_raw,
+            boot_volume,
+            boot_volume_shape,
+            has_spec: spec.is_some(),
+            spec: spec
+                .map(|s| SpecFields {
+                    image: text(s.image),
+                    custom_deploy: text(s.custom_deploy),
+                    externally_provisioned: text(s.externally_provisioned),
+                    root_device_hints: text(s.root_device_hints),
+                    raid: text(s.raid),
+                    user_data: text(s.user_data),
+                    network_data: text(s.network_data),
+                    meta_data: text(s.meta_data),
+                    bmc_address: match &s.bmc {
+                        Some(ObjectOr::Object(b)) => b.address.get(),
+                        _ => None,
+                    },
+                    boot_mac_address: s.boot_mac_address.get(),
+                })
+                .unwrap_or_default(),
+            deleting: meta.is_some_and(|m| m.deletion_timestamp.is_some()),
+            operational_status: status.and_then(|s| s.operational_status.get()),
+            provisioning_state: provisioning.and_then(|p| p.state.get()),
+            node_id: provisioning.and_then(|p| p.id.get()),
+        }
+    }
+}
+
 impl<'a> HostView<'a> {
-    /// Reads the view from a BareMetalHost JSON object.
+    /// Reads the view from a parsed BareMetalHost (the reconciler, `check`, tests); reads
+    /// exactly what [`HostDoc::view`] reads from text.
     pub fn new(raw: &'a Value) -> Result<Self, ViewError> {
         if !raw.is_object() {
             return Err(ViewError::NotAnObject);
         }
-        let meta = raw.get("metadata");
-        if meta.is_some_and(|m| !m.is_object() && !m.is_null()) {
+        let meta = raw.get("metadata").filter(|m| !m.is_null());
+        if meta.is_some_and(|m| !m.is_object()) {
             return Err(ViewError::MetadataNotObject);
         }
-        let spec = raw.get("spec");
-        if spec.is_some_and(|s| !s.is_object() && !s.is_null()) {
+        let spec = raw.get("spec").filter(|s| !s.is_null());
+        if spec.is_some_and(|s| !s.is_object()) {
             return Err(ViewError::SpecNotObject);
         }
         let meta_str = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
-        let boot_volume_raw = spec.and_then(|s| s.get("bootVolume")).filter(|b| !b.is_null());
+        let spec_json = |k: &str| {
+            spec.and_then(|s| s.get(k))
+                .filter(|v| !v.is_null())
+                .map(Json::Tree)
+        };
+        let status_str = |p: &str| raw.pointer(p).and_then(Value::as_str);
+        let boot_volume_raw = spec_json("bootVolume");
+        let (boot_volume, boot_volume_shape) = boot_volume_of(boot_volume_raw);
         Ok(Self {
-            raw,
             namespace: meta_str("namespace").unwrap_or(""),
             name: meta_str("name")
                 .or_else(|| meta_str("generateName"))
                 .unwrap_or(""),
             boot_volume_raw,
-            boot_volume: boot_volume_raw.map(BootVolume::from_value_lenient),
+            boot_volume,
+            boot_volume_shape,
+            has_spec: spec.is_some(),
+            spec: SpecFields {
+                image: spec_json("image"),
+                custom_deploy: spec_json("customDeploy"),
+                externally_provisioned: spec_json("externallyProvisioned"),
+                root_device_hints: spec_json("rootDeviceHints"),
+                raid: spec_json("raid"),
+                user_data: spec_json("userData"),
+                network_data: spec_json("networkData"),
+                meta_data: spec_json("metaData"),
+                bmc_address: spec
+                    .and_then(|s| s.get("bmc"))
+                    .and_then(|b| b.get("address"))
+                    .and_then(Value::as_str),
+                boot_mac_address: spec.and_then(|s| s.get("bootMACAddress")).and_then(Value::as_str),
+            },
+            deleting: meta
+                .and_then(|m| m.get("deletionTimestamp"))
+                .is_some_and(|v| !v.is_null()),
+            operational_status: status_str("/status/operationalStatus"),
+            provisioning_state: status_str("/status/provisioning/state"),
+            node_id: status_str("/status/provisioning/ID"),
         })
     }
 
@@ -278,259 +352,53 @@ impl<'a> HostView<'a> {
         }
     }
 
-    /// `spec.<key>`, when present and not null.
-    pub fn spec(&self, key: &str) -> Option<&'a Value> {
-        self.raw
-            .get("spec")
-            .and_then(|s| s.get(key))
-            .filter(|v| !v.is_null())
+    /// `spec.<key>` for the fields the rules compare or test for presence (`image`,
+    /// `customDeploy`, `externallyProvisioned`, `rootDeviceHints`, `raid`, `userData`,
+    /// `networkData`, `metaData`), when present and not null; `None` for any other key.
+    pub fn spec(&self, key: &str) -> Option<Json<'a>> {
+        let s = &self.spec;
+        match key {
+            "image" => s.image,
+            "customDeploy" => s.custom_deploy,
+            "externallyProvisioned" => s.externally_provisioned,
+            "rootDeviceHints" => s.root_device_hints,
+            "raid" => s.raid,
+            "userData" => s.user_data,
+            "networkData" => s.network_data,
+            "metaData" => s.meta_data,
+            _ => None,
+        }
     }
 
     /// `spec.bmc.address`.
     pub fn bmc_address(&self) -> Option<&'a str> {
-        self.spec("bmc")
-            .and_then(|b| b.get("address"))
-            .and_then(Value::as_str)
+        self.spec.bmc_address
+    }
+
+    /// `spec.bootMACAddress`, when a string.
+    pub fn boot_mac_address(&self) -> Option<&'a str> {
+        self.spec.boot_mac_address
     }
 
     /// `status.provisioning.state`.
     pub fn provisioning_state(&self) -> Option<&'a str> {
-        self.raw
-            .pointer("/status/provisioning/state")
-            .and_then(Value::as_str)
+        self.provisioning_state
     }
 
     /// `status.operationalStatus`.
     pub fn operational_status(&self) -> Option<&'a str> {
-        self.raw
-            .pointer("/status/operationalStatus")
-            .and_then(Value::as_str)
+        self.operational_status
     }
 
     /// `status.provisioning.ID`: the Ironic node UUID once BMO registered the host.
     pub fn ironic_node_id(&self) -> Option<&'a str> {
-        self.raw
-            .pointer("/status/provisioning/ID")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
+        self.node_id.filter(|s| !s.is_empty())
     }
 
     /// Whether `metadata.deletionTimestamp` is set.
     pub fn deleting(&self) -> bool {
-        self.raw
-            .pointer("/metadata/deletionTimestamp")
-            .is_some_and(|v| !v.is_null())
+        self.deleting
     }
-}
-
-/// A JSON value read as `T` when it is an object; any other JSON type is recorded rather
-/// than failing the whole parse, so a request with a malformed object can still be
-/// answered with a field error and its uid.
-#[derive(Debug)]
-pub enum ObjectOr<T> {
-    /// It was an object.
-    Object(T),
-    /// It was something else (named for the error message).
-    Other(&'static str),
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOr<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer};
-        struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = ObjectOr<T>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                T::deserialize(MapAccessDeserializer::new(map)).map(ObjectOr::Object)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(ObjectOr::Other("an array"))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(ObjectOr::Other("a string"))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(ObjectOr::Other("a boolean"))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(ObjectOr::Other("a number"))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(ObjectOr::Other("a number"))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(ObjectOr::Other("a number"))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(ObjectOr::Other("null"))
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
-}
-
-/// The parts of a BareMetalHost that [`HostView`] reads, parsed in one pass over the
-/// request body.
-///
-/// Real hosts carry large blocks we never look at (`status.hardware`, `managedFields`):
-/// skipping them while parsing, instead of building a `Value` for the whole object, is
-/// most of the webhook's per-request cost. [`HostDoc::into_value`] gives a small `Value`
-/// holding only the read parts, which [`HostView::new`] then reads as usual. Every leaf is
-/// a `Value`, so no field type can fail the parse: the rules report wrong types.
-#[derive(Debug, Default, Deserialize)]
-pub struct HostDoc {
-    #[serde(default)]
-    metadata: Option<ObjectOr<MetaDoc>>,
-    #[serde(default)]
-    spec: Option<ObjectOr<SpecDoc>>,
-    #[serde(default)]
-    status: Option<ObjectOr<StatusDoc>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MetaDoc {
-    #[serde(default)]
-    name: Option<Value>,
-    #[serde(default)]
-    generate_name: Option<Value>,
-    #[serde(default)]
-    namespace: Option<Value>,
-    #[serde(default)]
-    deletion_timestamp: Option<Value>,
-}
-
-/// Every `spec` field a rule or the mutation reads; keep in step with `rules::spec`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SpecDoc {
-    #[serde(default)]
-    boot_volume: Option<Value>,
-    #[serde(default)]
-    image: Option<Value>,
-    #[serde(default)]
-    custom_deploy: Option<Value>,
-    #[serde(default)]
-    externally_provisioned: Option<Value>,
-    #[serde(default)]
-    bmc: Option<Value>,
-    #[serde(default, rename = "bootMACAddress")]
-    boot_mac_address: Option<Value>,
-    #[serde(default)]
-    root_device_hints: Option<Value>,
-    #[serde(default)]
-    raid: Option<Value>,
-    #[serde(default)]
-    user_data: Option<Value>,
-    #[serde(default)]
-    network_data: Option<Value>,
-    #[serde(default)]
-    meta_data: Option<Value>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusDoc {
-    #[serde(default)]
-    operational_status: Option<Value>,
-    #[serde(default)]
-    provisioning: Option<ObjectOr<ProvisioningDoc>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ProvisioningDoc {
-    #[serde(default)]
-    state: Option<Value>,
-    #[serde(default, rename = "ID")]
-    id: Option<Value>,
-}
-
-/// A JSON object of the fields that are present.
-fn object<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
-    Value::Object(
-        fields
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.to_owned(), v?)))
-            .collect(),
-    )
-}
-
-impl HostDoc {
-    /// The read parts as a `Value` shaped like the original object.
-    pub fn into_value(self) -> Result<Value, ViewError> {
-        let metadata = match self.metadata {
-            Some(ObjectOr::Object(m)) => Some(object([
-                ("name", m.name),
-                ("generateName", m.generate_name),
-                ("namespace", m.namespace),
-                ("deletionTimestamp", m.deletion_timestamp),
-            ])),
-            Some(ObjectOr::Other(_)) => return Err(ViewError::MetadataNotObject),
-            None => None,
-        };
-        let spec = match self.spec {
-            Some(ObjectOr::Object(s)) => Some(object([
-                ("bootVolume", s.boot_volume),
-                ("image", s.image),
-                ("customDeploy", s.custom_deploy),
-                ("externallyProvisioned", s.externally_provisioned),
-                ("bmc", s.bmc),
-                ("bootMACAddress", s.boot_mac_address),
-                ("rootDeviceHints", s.root_device_hints),
-                ("raid", s.raid),
-                ("userData", s.user_data),
-                ("networkData", s.network_data),
-                ("metaData", s.meta_data),
-            ])),
-            Some(ObjectOr::Other(_)) => return Err(ViewError::SpecNotObject),
-            None => None,
-        };
-        // A malformed status reads as no status, as `HostView` reads it.
-        let status = match self.status {
-            Some(ObjectOr::Object(s)) => {
-                let provisioning = match s.provisioning {
-                    Some(ObjectOr::Object(p)) => Some(object([("state", p.state), ("ID", p.id)])),
-                    _ => None,
-                };
-                Some(object([
-                    ("operationalStatus", s.operational_status),
-                    ("provisioning", provisioning),
-                ]))
-            }
-            _ => None,
-        };
-        Ok(object([
-            ("metadata", metadata),
-            ("spec", spec),
-            ("status", status),
-        ]))
-    }
-}
-
-/// A BareMetalHost as read from a request: the read parts (see [`HostDoc`]), or why the
-/// object cannot be read as a host. Deserializing never fails on the object's shape.
-#[derive(Debug)]
-pub struct HostSubset(pub Result<Value, ViewError>);
-
-impl<'de> Deserialize<'de> for HostSubset {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Self(match ObjectOr::<HostDoc>::deserialize(d)? {
-            ObjectOr::Object(doc) => doc.into_value(),
-            ObjectOr::Other(_) => Err(ViewError::NotAnObject),
-        }))
-    }
-}
-
-/// Parses a BareMetalHost from JSON text into a `Value` holding only what the rules and
-/// the mutation read (see [`HostDoc`]).
-pub fn parse_host_subset(json: &str) -> Result<Value, ViewError> {
-    serde_json::from_str::<HostSubset>(json)
-        .map_err(|e| ViewError::Json(e.to_string()))?
-        .0
 }
 
 #[cfg(test)]
@@ -538,44 +406,86 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Every view field, for comparing the text and the tree readings.
+    fn fields(v: &HostView<'_>) -> String {
+        let keys = [
+            "image",
+            "customDeploy",
+            "externallyProvisioned",
+            "rootDeviceHints",
+            "raid",
+            "userData",
+            "networkData",
+            "metaData",
+        ];
+        let spec: Vec<Option<Value>> = keys.iter().map(|k| v.spec(k).map(|j| j.to_value())).collect();
+        format!(
+            "{:?}",
+            (
+                v.namespace,
+                v.name,
+                v.boot_volume_raw.map(|j| j.to_value()),
+                &v.boot_volume,
+                &v.boot_volume_shape,
+                v.has_spec,
+                spec,
+                (v.bmc_address(), v.boot_mac_address()),
+                (
+                    v.deleting(),
+                    v.operational_status(),
+                    v.provisioning_state(),
+                    v.ironic_node_id()
+                ),
+            )
+        )
+    }
+
     #[test]
-    fn subset_keeps_what_the_rules_read_and_drops_the_rest() {
-        let host = json!({
-            "apiVersion": "metal3.io/v1alpha1", "kind": "BareMetalHost",
-            "metadata": {"name": "h", "namespace": "ns", "managedFields": [{"big": true}], "deletionTimestamp": null},
-            "spec": {
-                "bootVolume": {"volumeId": "v"}, "image": {"url": "u"}, "customDeploy": null,
-                "externallyProvisioned": false, "bmc": {"address": "ipmi://x"}, "bootMACAddress": "m",
-                "rootDeviceHints": {}, "raid": {}, "userData": {}, "networkData": {}, "metaData": {},
-                "online": true, "firmware": {"x": 1}
-            },
-            "status": {"operationalStatus": "OK", "provisioning": {"state": "ready", "ID": "id", "image": {}},
-                       "hardware": {"nics": [1, 2, 3]}}
-        });
-        let subset = parse_host_subset(&host.to_string()).expect("parse");
-        assert_eq!(
-            subset,
+    fn text_and_tree_readings_agree() {
+        let hosts = [
             json!({
-                "metadata": {"name": "h", "namespace": "ns"},
+                "apiVersion": "metal3.io/v1alpha1", "kind": "BareMetalHost",
+                "metadata": {"name": "h", "namespace": "ns", "managedFields": [{"big": true}], "deletionTimestamp": null},
                 "spec": {
-                    "bootVolume": {"volumeId": "v"}, "image": {"url": "u"}, "externallyProvisioned": false,
-                    "bmc": {"address": "ipmi://x"}, "bootMACAddress": "m", "rootDeviceHints": {}, "raid": {},
-                    "userData": {}, "networkData": {}, "metaData": {}
+                    "bootVolume": {"volumeId": "v", "bogus": [1], "iscsiTarget": {"lun": 1.0, "authSecretRef": {"name": 3}}},
+                    "image": {"url": "u"}, "customDeploy": null,
+                    "externallyProvisioned": false, "bmc": {"address": "ipmi://x"}, "bootMACAddress": "m",
+                    "rootDeviceHints": {}, "raid": {}, "userData": {}, "networkData": {}, "metaData": {},
+                    "online": true, "firmware": {"x": 1}
                 },
-                "status": {"operationalStatus": "OK", "provisioning": {"state": "ready", "ID": "id"}}
-            })
-        );
-        // The view reads the subset exactly as it reads the whole object.
-        let (full, part) = (
-            HostView::new(&host).expect("view"),
-            HostView::new(&subset).expect("view"),
-        );
-        assert_eq!((full.name, full.namespace), (part.name, part.namespace));
-        assert_eq!(full.boot_volume, part.boot_volume);
-        assert_eq!(full.provisioning_state(), part.provisioning_state());
-        assert_eq!(full.bmc_address(), part.bmc_address());
-        assert!(parse_host_subset(r#"{"spec": "x"}"#).is_err());
-        assert!(parse_host_subset(r#""host""#).is_err());
-        assert_eq!(parse_host_subset("{}").expect("parse"), json!({}));
+                "status": {"operationalStatus": "OK", "provisioning": {"state": "ready", "ID": "id", "image": {}},
+                           "hardware": {"nics": [1, 2, 3]}}
+            }),
+            json!({"metadata": {"generateName": "g-", "name": 7, "deletionTimestamp": "t"}, "spec": {"bootVolume": "x", "bmc": "y"}}),
+            json!({"metadata": null, "spec": null, "status": [1]}),
+            json!({"spec": {"bootVolume": {"iscsiTarget": "t", "volumeDriver": null}, "bootMACAddress": 5}, "status": {"provisioning": 1}}),
+            json!({}),
+        ];
+        for host in hosts {
+            let text = host.to_string();
+            let doc = parse_host(&text).expect("parse");
+            let tree = HostView::new(&host).expect("view");
+            assert_eq!(fields(&doc.view()), fields(&tree), "{text}");
+        }
+        for (bad, want) in [
+            (json!({"spec": "x"}), ViewError::SpecNotObject),
+            (json!({"metadata": 1}), ViewError::MetadataNotObject),
+            (json!("host"), ViewError::NotAnObject),
+        ] {
+            assert_eq!(parse_host(&bad.to_string()).err(), Some(want.clone()));
+            assert_eq!(HostView::new(&bad).err(), Some(want));
+        }
+    }
+
+    #[test]
+    fn json_equality_is_value_equality() {
+        let a = RawValue::from_string(r#"{"a": 1, "b": [true]}"#.into()).expect("raw");
+        let b = RawValue::from_string(r#"{"b":[true],"a":1}"#.into()).expect("raw");
+        let c = RawValue::from_string(r#"{"b":[false],"a":1}"#.into()).expect("raw");
+        let v = json!({"a": 1, "b": [true]});
+        assert_eq!(Json::Text(&a), Json::Text(&b));
+        assert_eq!(Json::Text(&a), Json::Tree(&v));
+        assert_ne!(Json::Text(&c), Json::Tree(&v));
+        assert_ne!(Json::Text(&a), Json::Text(&c));
     }
 }

@@ -104,11 +104,8 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Value>, InputError>
 
 /// Checks one BareMetalHost document; with `mutate`, the document is patched in place first.
 pub fn check_host(policy: &Policy, file: &str, doc: &mut Value, mutate: bool) -> HostReport {
-    if mutate && let Ok(view) = HostView::new(doc) {
-        let view = HostView {
-            namespace: view.namespace_or(DEFAULT_NAMESPACE),
-            ..view
-        };
+    if mutate && let Ok(mut view) = HostView::new(doc) {
+        view.namespace = view.namespace_or(DEFAULT_NAMESPACE);
         let ops = mutate::patch(policy, "", None, &view);
         // Our patch was computed from this very document, so it applies.
         let _ = json_patch::patch(doc, &ops);
@@ -124,14 +121,10 @@ pub fn check_host(policy: &Policy, file: &str, doc: &mut Value, mutate: bool) ->
         .unwrap_or("")
         .to_owned();
     let verdict = match HostView::new(doc) {
-        Ok(view) => rules::validate(
-            policy,
-            None,
-            &HostView {
-                namespace: &namespace,
-                ..view
-            },
-        ),
+        Ok(mut view) => {
+            view.namespace = &namespace;
+            rules::validate(policy, None, &view)
+        }
         Err(e) => crate::admission::unreadable("object", &e.to_string()),
     };
     HostReport {

@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod audit;
 pub mod check;
 pub mod cli;
 /// Test and benchmark builders (not part of the API).

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub cert_expiry: Gauge<f64, AtomicU64>,
     /// Certificate reloads by result.
     pub tls_reloads: Family<ResultLabels, Counter>,
+    /// Audit lines dropped because the log writer fell behind (see `audit`).
+    pub audit_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -60,6 +62,7 @@ impl Default for Metrics {
         });
         let cert_expiry = Gauge::<f64, AtomicU64>::default();
         let tls_reloads = Family::<ResultLabels, Counter>::default();
+        let audit_dropped = Counter::default();
         registry.register(
             "bootvolume_admission_requests",
             "Admission requests handled",
@@ -80,12 +83,18 @@ impl Default for Metrics {
             "Serving certificate reloads",
             tls_reloads.clone(),
         );
+        registry.register(
+            "bootvolume_audit_lines_dropped",
+            "Audit log lines dropped because stderr could not keep up (requests never wait for it)",
+            audit_dropped.clone(),
+        );
         Self {
             registry,
             requests,
             duration,
             cert_expiry,
             tls_reloads,
+            audit_dropped,
         }
     }
 }
@@ -131,6 +140,7 @@ mod tests {
             r#"bootvolume_admission_duration_seconds_count{webhook="validate"} 1"#,
             "bootvolume_tls_certificate_expiry_timestamp_seconds 1000000000",
             r#"bootvolume_tls_reloads_total{result="failure"} 1"#,
+            "bootvolume_audit_lines_dropped_total 0",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

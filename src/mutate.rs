@@ -6,14 +6,23 @@
 //! know about are never dropped. A patched object mutates to an empty patch.
 
 use crate::{
-    api::{AUTH_CHAP, AUTH_NONE, BootVolume, DEFAULT_ISCSI_PORT, HostView, ITYPE_IQN, TARGET_TYPE_ISCSI},
+    api::{
+        AUTH_CHAP, AUTH_NONE, BootVolume, DEFAULT_ISCSI_PORT, HostView, ITYPE_IQN, Shape, TARGET_TYPE_ISCSI,
+        field,
+    },
     rules::Policy,
 };
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation, jsonptr::PointerBuf};
 use serde_json::{Map, Value, json};
 
+/// A pointer from our own field names (none holds `/` or `~`, so nothing is escaped).
 fn pointer(tokens: &[&str]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().copied())
+    let mut path = String::with_capacity(64);
+    for t in tokens {
+        path.push('/');
+        path.push_str(t);
+    }
+    PointerBuf::parse(path).unwrap_or_else(|_| PointerBuf::from_tokens(tokens.iter().copied()))
 }
 
 fn add(tokens: &[&str], value: Value) -> PatchOperation {
@@ -40,8 +49,8 @@ pub fn patch(policy: &Policy, user: &str, old: Option<&HostView>, new: &HostView
     if old.is_some_and(|old| old.boot_volume_raw == new.boot_volume_raw) {
         return Vec::new();
     }
-    match (new.boot_volume_raw, new.boot_volume.as_ref()) {
-        (Some(raw @ Value::Object(_)), Some(bv)) => defaults(raw, bv, new.namespace),
+    match new.boot_volume.as_ref() {
+        Some(bv) if new.boot_volume_shape.object => defaults(bv, &new.boot_volume_shape, new.namespace),
         _ => Vec::new(),
     }
 }
@@ -55,53 +64,57 @@ fn preserve(
     old: Option<&HostView>,
     new: &HostView,
 ) -> Option<Vec<PatchOperation>> {
-    let old_block = old?.boot_volume_raw?;
+    let old = old?;
+    let old_block = old.boot_volume_raw?;
     if new.boot_volume_raw.is_some() || !policy.preserve_for.iter().any(|u| u == user) {
         return None;
     }
-    let mut restored = json!({ "spec": { "bootVolume": old_block } });
-    if let Ok(view) = HostView::new(&restored)
-        && let Some(bv) = view.boot_volume.as_ref()
+    let mut restored = json!({ "spec": { "bootVolume": old_block.to_value() } });
+    if let Some(bv) = old.boot_volume.as_ref()
+        && old.boot_volume_shape.object
     {
-        let ops = defaults(old_block, bv, new.namespace);
+        let ops = defaults(bv, &old.boot_volume_shape, new.namespace);
         // Our own ops on a copy of our own block: they always apply.
         let _ = json_patch::patch(&mut restored, &ops);
     }
     let block = restored["spec"]["bootVolume"].take();
-    Some(match new.raw.get("spec") {
-        Some(Value::Object(_)) => vec![add(&["spec", "bootVolume"], block)],
-        _ => vec![add(&["spec"], json!({ "bootVolume": block }))],
+    Some(if new.has_spec {
+        vec![add(&["spec", "bootVolume"], block)]
+    } else {
+        vec![add(&["spec"], json!({ "bootVolume": block }))]
     })
 }
 
-/// Defaults and the Secret reference for a present `bootVolume` object.
-fn defaults(raw: &Value, bv: &BootVolume, namespace: &str) -> Vec<PatchOperation> {
+/// Defaults and the Secret reference for a present `bootVolume` object (`shape` says which
+/// fields were sent, with any JSON type).
+fn defaults(bv: &BootVolume, shape: &Shape, namespace: &str) -> Vec<PatchOperation> {
     let mut ops = Vec::new();
-    if raw.get("targetType").is_none() {
+    if !shape.has(field::TARGET_TYPE) {
         ops.push(add(
             &["spec", "bootVolume", "targetType"],
             json!(TARGET_TYPE_ISCSI),
         ));
     }
     let cinder = bv.volume_driver.as_deref() == Some("cinder");
-    let target = raw.get("iscsiTarget");
+    let target_sent = shape.has(field::ISCSI_TARGET);
+    // `iscsi_target` is read only from an object.
+    let target = bv.iscsi_target.as_ref();
     // Fields to add under iscsiTarget, in a stable order.
     let mut fields: Vec<(&str, Value)> = Vec::new();
-    let has = |k: &str| target.is_some_and(|t| t.get(k).is_some());
+    let has = |bit: u32| target.is_some() && shape.has(bit);
     let credentials_name = bv.iscsi_credentials_name.as_deref().filter(|n| !n.is_empty());
     // Only cinder hosts may lack iscsiTarget; for the others a missing target is an error
     // that creating one would only disguise.
-    if target.is_some() || (cinder && credentials_name.is_some()) {
-        if !has("iType") {
+    if target_sent || (cinder && credentials_name.is_some()) {
+        if !has(field::I_TYPE) {
             fields.push(("iType", json!(ITYPE_IQN)));
         }
-        if !has("lun") && !cinder {
+        if !has(field::LUN) && !cinder {
             fields.push(("lun", json!(0)));
         }
-        if !has("authMethod") {
-            let t = bv.iscsi_target.as_ref();
+        if !has(field::AUTH_METHOD) {
             let credentials = credentials_name.is_some()
-                || t.is_some_and(|t| {
+                || target.is_some_and(|t| {
                     t.auth_user.is_some() || t.auth_passwd.is_some() || t.auth_secret_ref.is_some()
                 });
             // Without credentials, external hosts must say `None` themselves (CHAP is the
@@ -112,14 +125,16 @@ fn defaults(raw: &Value, bv: &BootVolume, namespace: &str) -> Vec<PatchOperation
                 fields.push(("authMethod", json!(AUTH_NONE)));
             }
         }
-        match (credentials_name, target.and_then(|t| t.get("authSecretRef"))) {
+        // The reference as sent: absent, an object (read), or another JSON value.
+        let secret_ref = has(field::SECRET_REF).then(|| target.and_then(|t| t.auth_secret_ref.as_ref()));
+        match (credentials_name, secret_ref) {
             (Some(name), None) if namespace.is_empty() => {
                 fields.push(("authSecretRef", json!({ "name": name })))
             }
             (Some(name), None) => {
                 fields.push(("authSecretRef", json!({ "name": name, "namespace": namespace })))
             }
-            (_, Some(Value::Object(r))) if !r.contains_key("namespace") && !namespace.is_empty() => {
+            (_, Some(Some(_))) if !shape.has(field::REF_NAMESPACE) && !namespace.is_empty() => {
                 ops.push(add(
                     &["spec", "bootVolume", "iscsiTarget", "authSecretRef", "namespace"],
                     json!(namespace),
@@ -128,7 +143,7 @@ fn defaults(raw: &Value, bv: &BootVolume, namespace: &str) -> Vec<PatchOperation
             _ => {}
         }
     }
-    if let Some(portal) = target.and_then(|t| t.get("portal")).and_then(Value::as_str)
+    if let Some(portal) = target.and_then(|t| t.portal.as_deref())
         && !portal.is_empty()
         && !portal.contains(':')
     {
@@ -137,19 +152,15 @@ fn defaults(raw: &Value, bv: &BootVolume, namespace: &str) -> Vec<PatchOperation
             value: json!(format!("{portal}:{DEFAULT_ISCSI_PORT}")),
         }));
     }
-    match target {
-        Some(Value::Object(_)) => {
-            ops.extend(
-                fields
-                    .into_iter()
-                    .map(|(k, v)| add(&["spec", "bootVolume", "iscsiTarget", k], v)),
-            );
-        }
-        None if !fields.is_empty() => {
-            let obj: Map<String, Value> = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            ops.push(add(&["spec", "bootVolume", "iscsiTarget"], Value::Object(obj)));
-        }
-        _ => {}
+    if target.is_some() {
+        ops.extend(
+            fields
+                .into_iter()
+                .map(|(k, v)| add(&["spec", "bootVolume", "iscsiTarget", k], v)),
+        );
+    } else if !target_sent && !fields.is_empty() {
+        let obj: Map<String, Value> = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        ops.push(add(&["spec", "bootVolume", "iscsiTarget"], Value::Object(obj)));
     }
     ops
 }

@@ -153,7 +153,6 @@ impl WebhookServer {
             }
         };
         let (files, pair) = CertFiles::load(cert, key)?;
-        crate::schema::warm_up();
         let metrics = Arc::new(Metrics::default());
         metrics.cert_expiry.set(pair.not_after as f64);
         Ok(Self {

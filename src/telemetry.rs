@@ -18,14 +18,25 @@ use tracing_subscriber::{
 /// and `ironic-apply` keep stdout for their results.
 pub fn init(args: &LogArgs) {
     let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = args.log_format == LogFormat::Json;
     // A second init (tests) is harmless: keep the first subscriber.
-    let _ = tracing_subscriber::fmt()
+    let installed = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .event_format(LineFormat {
-            json: args.log_format == LogFormat::Json,
-        })
+        .event_format(LineFormat { json })
         .try_init();
+    if installed.is_ok() {
+        let _ = STDERR_LINES.set(json);
+    }
+}
+
+/// Set by [`init`]: log lines go to stderr in our format, JSON when true.
+static STDERR_LINES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Whether [`init`] installed our stderr logger, and with JSON lines: then a component may
+/// write lines of the same format to stderr itself (the audit log does).
+pub fn stderr_lines() -> Option<bool> {
+    STDERR_LINES.get().copied()
 }
 
 /// One line per event: `TIME LEVEL target: message k=v ...`, or one JSON object with the
@@ -43,19 +54,8 @@ where
 {
     fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let meta = event.metadata();
-        let now = time::OffsetDateTime::now_utc();
         let mut ts = String::with_capacity(32);
-        write!(
-            ts,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-            now.year(),
-            now.month() as u8,
-            now.day(),
-            now.hour(),
-            now.minute(),
-            now.second(),
-            now.microsecond()
-        )?;
+        push_timestamp(&mut ts);
         let mut visitor = Visit {
             out: String::with_capacity(256),
             json: self.json,
@@ -101,22 +101,150 @@ impl Visit {
             self.message = Some(value.to_owned());
             return;
         }
-        let r = if self.json {
-            write!(self.out, ",\"{}\":", field.name()).and_then(|()| {
-                if raw {
-                    self.out.write_str(value)
-                } else {
-                    json_str(&mut self.out, value)
-                }
-            })
-        } else if raw || (!value.is_empty() && !value.contains([' ', '"', '=', '\n', '\\'])) {
-            write!(self.out, " {}={value}", field.name())
-        } else {
-            write!(self.out, " {}={value:?}", field.name())
-        };
-        if let Err(e) = r {
-            self.error = Some(e);
+        push_field(&mut self.out, self.json, field.name(), raw, value);
+    }
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SS.ffffffZ`, without `fmt` machinery.
+pub(crate) fn push_timestamp(out: &mut String) {
+    fn digits(out: &mut String, n: u32, width: usize) {
+        let mut buf = [b'0'; 6];
+        let mut n = n;
+        for b in buf[..width].iter_mut().rev() {
+            *b = b'0' + (n % 10) as u8;
+            n /= 10;
         }
+        // ASCII digits.
+        out.push_str(std::str::from_utf8(&buf[..width]).unwrap_or("0"));
+    }
+    let now = time::OffsetDateTime::now_utc();
+    digits(out, u32::try_from(now.year()).unwrap_or(0), 4);
+    out.push('-');
+    digits(out, now.month() as u32, 2);
+    out.push('-');
+    digits(out, now.day().into(), 2);
+    out.push('T');
+    digits(out, now.hour().into(), 2);
+    out.push(':');
+    digits(out, now.minute().into(), 2);
+    out.push(':');
+    digits(out, now.second().into(), 2);
+    out.push('.');
+    digits(out, now.microsecond(), 6);
+    out.push('Z');
+}
+
+/// Whether a text-format value can go unquoted.
+fn bare(value: &str) -> bool {
+    !value.is_empty()
+        && !value
+            .bytes()
+            .any(|b| matches!(b, b' ' | b'"' | b'=' | b'\n' | b'\\'))
+}
+
+/// Appends one ` key=value` (text) or `,"key":value` (JSON) field; `raw` values (numbers,
+/// booleans) are never quoted.
+fn push_field(out: &mut String, json: bool, name: &str, raw: bool, value: &str) {
+    if json {
+        out.push_str(",\"");
+        out.push_str(name);
+        out.push_str("\":");
+        if raw {
+            out.push_str(value);
+        } else {
+            let _ = json_str(out, value);
+        }
+    } else {
+        out.push(' ');
+        out.push_str(name);
+        out.push('=');
+        if raw || bare(value) {
+            out.push_str(value);
+        } else {
+            let _ = write!(out, "{value:?}");
+        }
+    }
+}
+
+/// One log line in [`LineFormat`]'s format, built field by field into a caller's buffer
+/// (the audit line, which is formatted without tracing).
+pub(crate) struct Line<'a> {
+    out: &'a mut String,
+    json: bool,
+}
+
+impl<'a> Line<'a> {
+    /// Timestamp, level, target and message.
+    pub(crate) fn start(out: &'a mut String, json: bool, level: &str, target: &str, message: &str) -> Self {
+        if json {
+            out.push_str("{\"timestamp\":\"");
+            push_timestamp(out);
+            out.push_str("\",\"level\":\"");
+            out.push_str(level);
+            out.push_str("\",\"target\":");
+            let _ = json_str(out, target);
+            out.push_str(",\"message\":");
+            let _ = json_str(out, message);
+        } else {
+            push_timestamp(out);
+            for _ in level.len()..5 {
+                out.push(' ');
+            }
+            out.push(' ');
+            out.push_str(level);
+            out.push(' ');
+            out.push_str(target);
+            out.push_str(": ");
+            out.push_str(message);
+        }
+        Self { out, json }
+    }
+
+    /// A string field.
+    pub(crate) fn str(&mut self, name: &str, value: &str) {
+        push_field(self.out, self.json, name, false, value);
+    }
+
+    /// A number or boolean.
+    pub(crate) fn raw(&mut self, name: &str, value: &str) {
+        push_field(self.out, self.json, name, true, value);
+    }
+
+    /// A string field written by `write`, straight into the line; only a value that needs
+    /// quoting or escaping (rare) is copied out and written again.
+    pub(crate) fn str_with(&mut self, name: &str, write: impl FnOnce(&mut String)) {
+        if self.json {
+            self.out.push_str(",\"");
+            self.out.push_str(name);
+            self.out.push_str("\":\"");
+            let start = self.out.len();
+            write(self.out);
+            if self.out[start..].contains(|c: char| c == '"' || c == '\\' || (c as u32) < 0x20) {
+                let value = self.out.split_off(start);
+                self.out.pop(); // the opening quote: json_str writes its own
+                let _ = json_str(self.out, &value);
+            } else {
+                self.out.push('"');
+            }
+        } else {
+            self.out.push(' ');
+            self.out.push_str(name);
+            self.out.push('=');
+            let start = self.out.len();
+            write(self.out);
+            if !bare(&self.out[start..]) {
+                let value = self.out.split_off(start);
+                let _ = write!(self.out, "{value:?}");
+            }
+        }
+    }
+
+    /// Closes the line.
+    pub(crate) fn end(self) {
+        if self.json {
+            self.out.push('}');
+        }
+        self.out.push('\n');
     }
 }
 
@@ -168,7 +296,7 @@ fn json_str(w: &mut impl fmt::Write, s: &str) -> fmt::Result {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
@@ -184,17 +312,22 @@ mod tests {
         }
     }
 
-    fn capture(json: bool) -> String {
+    /// What `f` logs through [`LineFormat`].
+    pub(crate) fn capture_with(json: bool, f: impl FnOnce()) -> String {
         let buf = Buf::default();
         let writer = buf.clone();
         let sub = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
             .event_format(LineFormat { json })
             .finish();
-        tracing::subscriber::with_default(sub, || {
-            tracing::info!(target: "bootvolume::audit", uid = "u-1", name = "a \"b\"", dry_run = false, n = 42u64, e = %"x y", "admission");
-        });
+        tracing::subscriber::with_default(sub, f);
         String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8")
+    }
+
+    fn capture(json: bool) -> String {
+        capture_with(json, || {
+            tracing::info!(target: "bootvolume::audit", uid = "u-1", name = "a \"b\"", dry_run = false, n = 42u64, e = %"x y", "admission");
+        })
     }
 
     #[test]

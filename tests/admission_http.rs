@@ -77,6 +77,12 @@ fn cases() -> Vec<(&'static str, Want, Want)> {
             Allow,
             Patched(external_defaults),
         ),
+        // Adoption: how a host that boots from its volume reaches `active` under BMO.
+        (
+            "create_external_externally_provisioned_allowed",
+            Allow,
+            Patched(external_defaults),
+        ),
         ("create_cinder_valid_allowed", Allow, Patched(target_type)),
         (
             "create_cinder_with_portal_denied",
@@ -175,6 +181,8 @@ fn cases() -> Vec<(&'static str, Want, Want)> {
             Allow,
             Patched(external_defaults),
         ),
+        // The reconciler's hand-over patch: bootVolume unchanged, so /mutate leaves it alone.
+        ("update_available_externally_provisioned_allowed", Allow, Allow),
         (
             "update_ready_lun_change_allowed",
             Allow,

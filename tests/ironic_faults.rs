@@ -253,10 +253,10 @@ async fn slow_responses_within_the_timeout_converge_in_one_pass() {
     let start = Instant::now();
     let run = converge(&via, &case, Duration::from_secs(30)).await;
     assert!(run.errors.is_empty(), "{:#?}", run.errors);
-    assert_eq!((run.passes, run.changes.len()), (2, 3), "{:?}", run.changes);
-    // 6 calls in the first pass, 3 in the second, each held 250 ms.
+    assert_eq!((run.passes, run.changes.len()), (2, 4), "{:?}", run.changes);
+    // 7 calls in the first pass, 3 in the second, each held 250 ms.
     assert!(
-        start.elapsed() >= Duration::from_millis(9 * 250),
+        start.elapsed() >= Duration::from_millis(10 * 250),
         "{:?}",
         start.elapsed()
     );
@@ -284,8 +284,9 @@ async fn writes_answered_after_the_timeout_are_retried_by_re_reading_not_re_send
         "{:#?}",
         run.errors
     );
-    // The node PATCH and the connector POST timed out but were done: never sent again.
-    assert_eq!(received(&proxy, "PATCH", &format!("/v1/nodes/{}", case.uuid)), 1);
+    // The target and connector POSTs timed out but were done: never sent again; each of
+    // the two node PATCHes (capability, then storage interface) was sent once.
+    assert_eq!(received(&proxy, "PATCH", &format!("/v1/nodes/{}", case.uuid)), 2);
     assert_eq!(received(&proxy, "POST", CONNECTORS), 1);
     assert_eq!(received(&proxy, "POST", TARGETS), 1);
     assert_converged(&case, &proxy).await;
@@ -321,22 +322,13 @@ async fn a_storm_of_409_node_locked_is_retried_until_the_lock_clears() {
     proxy.add(Rule::new(locked(&case.uuid)).writes().times(5));
     let via = client_for(&proxy.url, Duration::from_secs(5));
 
+    let start = Instant::now();
     let run = converge(&via, &case, Duration::from_secs(30)).await;
-    assert_eq!(run.errors.len(), 5, "{:#?}", run.errors);
-    for e in &run.errors {
-        assert!(
-            matches!(
-                e,
-                Error::Ironic {
-                    source: ironic::Error::Conflict { locked: true, .. },
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
-        assert_eq!(e.metric_label(), "ironic_conflict");
-        assert!(e.to_string().contains("is locked by host localhost"), "{e}");
-    }
+    // Retried sub-second inside the pass (Ironic holds the lock for short tasks): no
+    // failed pass, no wait for the next one.
+    assert!(run.errors.is_empty(), "{:#?}", run.errors);
+    assert_eq!(run.passes, 2, "one configuring pass, one in-sync pass");
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
     assert_eq!(
         proxy.seen().iter().filter(|s| s.fault == Some("respond")).count(),
         5
@@ -385,12 +377,13 @@ async fn server_errors_are_retried_and_an_echoed_password_is_scrubbed() {
         })
         .collect();
     assert_eq!(statuses, [503, 503, 500, 500, 500]);
-    let echoed = run.errors[3].to_string();
+    // The target is created first, so its two failures come before the node PATCH's.
+    let echoed = run.errors[2].to_string();
     assert!(
         echoed.contains("create volume target") && echoed.contains("'auth_password': '<redacted>'"),
         "{echoed}"
     );
-    let cut = run.errors[4].to_string();
+    let cut = run.errors[3].to_string();
     assert!(cut.ends_with("'auth_password': '<redacted>..."), "{cut}");
     assert_converged(&case, &proxy).await;
 }
@@ -408,7 +401,8 @@ async fn connections_cut_mid_response_or_closed_are_retried() {
 
     let run = converge(&via, &case, Duration::from_secs(30)).await;
     assert_eq!(run.labels(), ["ironic_unreachable"; 2], "{:#?}", run.errors);
-    assert_eq!(received(&proxy, "PATCH", &format!("/v1/nodes/{}", case.uuid)), 1);
+    // The cut PATCH was done (not repeated); the storage interface PATCH is a second one.
+    assert_eq!(received(&proxy, "PATCH", &format!("/v1/nodes/{}", case.uuid)), 2);
     // Closed before reaching Ironic, so sent again: twice received, once created.
     assert_eq!(received(&proxy, "POST", CONNECTORS), 2);
     assert_converged(&case, &proxy).await;
@@ -497,13 +491,8 @@ async fn removal_under_lost_responses_and_locks_converges_to_a_clean_node() {
     let run = converge_to(&via, &removed, None, Duration::from_secs(30)).await;
     assert_eq!(
         run.labels(),
-        [
-            "ironic_unreachable",
-            "ironic_conflict",
-            "ironic_conflict",
-            "ironic_conflict",
-            "ironic_server_error"
-        ],
+        // The 409 storm is retried inside the pass.
+        ["ironic_unreachable", "ironic_server_error"],
         "{:#?}",
         run.errors
     );

@@ -50,14 +50,14 @@ async fn first_apply_configures_the_node_and_second_pass_writes_nothing() {
 
     let first = apply_cli(&p, PASSWORD, &[]);
     assert_eq!(first.code, 0, "{}", first.all());
-    assert_eq!(first.stdout.matches(": did ").count(), 3, "{}", first.all());
+    assert_eq!(first.stdout.matches(": did ").count(), 4, "{}", first.all());
     assert!(
         first.stdout.contains("auth_password=<redacted>"),
         "{}",
         first.all()
     );
     assert!(
-        calls_line(&first).contains("6 (3 GET, 2 POST, 1 PATCH, 0 DELETE)"),
+        calls_line(&first).contains("7 (3 GET, 2 POST, 2 PATCH, 0 PUT, 0 DELETE)"),
         "{}",
         first.all()
     );
@@ -84,7 +84,7 @@ async fn first_apply_configures_the_node_and_second_pass_writes_nothing() {
     assert_eq!(second.code, 0, "{}", second.all());
     assert!(second.stdout.contains("in sync"), "{}", second.all());
     assert!(
-        calls_line(&second).contains("3 (3 GET, 0 POST, 0 PATCH, 0 DELETE)"),
+        calls_line(&second).contains("3 (3 GET, 0 POST, 0 PATCH, 0 PUT, 0 DELETE)"),
         "{}",
         second.all()
     );
@@ -110,14 +110,15 @@ async fn call_counts_first_pass_in_sync_pass_and_unmanaged_host() {
     let counted = |f: Calls, before: Calls| f.since(before);
     let start = c.calls();
     let first = apply(&c, &host, desired.as_ref(), false).await.unwrap();
-    assert_eq!(first.changes.len(), 3);
+    assert_eq!(first.changes.len(), 4);
     let first_calls = counted(c.calls(), start);
     assert_eq!(
         first_calls,
         Calls {
             get: 3,
             post: 2,
-            patch: 1,
+            patch: 2,
+            put: 0,
             delete: 0
         }
     );
@@ -130,6 +131,7 @@ async fn call_counts_first_pass_in_sync_pass_and_unmanaged_host() {
             get: 3,
             post: 0,
             patch: 0,
+            put: 0,
             delete: 0
         }
     );
@@ -165,7 +167,7 @@ async fn lun_change_is_patched_while_powered_off() {
     let run = apply_cli(&p, PASSWORD, &[]);
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(
-        calls_line(&run).contains("(3 GET, 0 POST, 1 PATCH, 0 DELETE)"),
+        calls_line(&run).contains("(3 GET, 0 POST, 1 PATCH, 0 PUT, 0 DELETE)"),
         "{}",
         run.all()
     );
@@ -197,7 +199,7 @@ async fn chap_rotation_resends_credentials_once() {
     assert_ne!(old, new);
     let again = apply_cli(&p, rotated, &[]);
     assert!(
-        calls_line(&again).contains("0 POST, 0 PATCH, 0 DELETE"),
+        calls_line(&again).contains("0 POST, 0 PATCH, 0 PUT, 0 DELETE"),
         "{}",
         again.all()
     );
@@ -223,7 +225,7 @@ async fn removing_boot_volume_cleans_up_only_our_work() {
     let run = apply_cli(&removed, PASSWORD, &[]);
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(
-        calls_line(&run).contains("(3 GET, 0 POST, 1 PATCH, 2 DELETE)"),
+        calls_line(&run).contains("(3 GET, 0 POST, 2 PATCH, 0 PUT, 2 DELETE)"),
         "{}",
         run.all()
     );
@@ -406,7 +408,7 @@ async fn full_deploy_renders_an_ipxe_sanboot_script_with_our_target() {
     // Active and in sync: no write. Undeploy deletes the targets; the next pass recreates it.
     let in_sync = apply_cli(&p, PASSWORD, &[]);
     assert!(
-        calls_line(&in_sync).contains("0 POST, 0 PATCH, 0 DELETE"),
+        calls_line(&in_sync).contains("0 POST, 0 PATCH, 0 PUT, 0 DELETE"),
         "{}",
         in_sync.all()
     );
@@ -414,7 +416,7 @@ async fn full_deploy_renders_an_ipxe_sanboot_script_with_our_target() {
     assert!(volumes(&c, &uuid).await.1.is_empty());
     let recreate = apply_cli(&p, PASSWORD, &[]);
     assert!(
-        calls_line(&recreate).contains("1 POST, 0 PATCH, 0 DELETE"),
+        calls_line(&recreate).contains("1 POST, 0 PATCH, 0 PUT, 0 DELETE"),
         "{}",
         recreate.all()
     );

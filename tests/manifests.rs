@@ -797,7 +797,8 @@ fn rbac_is_least_privilege() {
             "ClusterRole",
             "metal3.io",
             "baremetalhosts",
-            &["get", "list", "watch"][..],
+            // patch: the hand-over to BMO (spec.externallyProvisioned), never status.
+            &["get", "list", "watch", "patch"][..],
         ),
         ("ClusterRole", "", "secrets", &["get", "list", "watch"]),
         ("ClusterRole", "", "events", &["create", "patch"]),
@@ -1261,7 +1262,7 @@ fn samples_are_complete_and_self_consistent() {
                 spec["bootMACAddress"].is_string(),
                 "{f}: iPXE needs the PXE NIC's MAC"
             );
-            for conflict in ["image", "customDeploy", "externallyProvisioned"] {
+            for conflict in ["image", "customDeploy"] {
                 assert!(
                     spec.get(conflict).is_none(),
                     "{f}: bootVolume excludes {conflict}"

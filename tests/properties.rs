@@ -4,10 +4,12 @@
 //! - validating the patched object reports exactly what validating the original did
 //!   (a default is never reported missing, and mutation never creates an error);
 //! - mutation is idempotent;
-//! - the patch only touches `/spec/bootVolume` (or adds `/spec` when there is none).
+//! - the patch only touches `/spec/bootVolume` (or adds `/spec` when there is none);
+//! - the webhook's reading of request text decides exactly what the reading of a parsed
+//!   `Value` (the reconciler's, `check`'s, these tests') decides.
 
 use bootvolume::{
-    api::HostView,
+    api::{HostView, parse_host},
     fixtures::Host,
     mutate,
     rules::{self, Policy},
@@ -174,6 +176,31 @@ fn check_mutation(
     Ok(())
 }
 
+/// Validation and mutation of `(old, new)` read from text equal those read from `Value`s.
+fn text_reading_agrees(policy: &Policy, old: Option<&Value>, doc: &Value) -> Result<(), TestCaseError> {
+    let (text, old_text) = (doc.to_string(), old.map(Value::to_string));
+    let Ok(tree) = HostView::new(doc) else {
+        prop_assert!(parse_host(&text).is_err());
+        return Ok(());
+    };
+    let parsed = parse_host(&text).expect("the text reading accepts what the tree reading does");
+    let view = parsed.view();
+    let old_tree = old.and_then(|o| HostView::new(o).ok());
+    let old_parsed = old_text.as_deref().and_then(|t| parse_host(t).ok());
+    let old_view = old_parsed.as_ref().map(|d| d.view());
+    prop_assert_eq!(
+        rules::validate(policy, old_view.as_ref(), &view),
+        rules::validate(policy, old_tree.as_ref(), &tree)
+    );
+    for user in ["u", rules::DEFAULT_PRESERVE_FOR] {
+        prop_assert_eq!(
+            mutate::patch(policy, user, old_view.as_ref(), &view),
+            mutate::patch(policy, user, old_tree.as_ref(), &tree)
+        );
+    }
+    Ok(())
+}
+
 fn policies() -> impl Strategy<Value = Policy> {
     any::<bool>().prop_map(|inline| Policy {
         allow_inline_chap: inline,
@@ -204,6 +231,21 @@ proptest! {
     fn mutation_is_consistent_with_validation(block in boot_volume(), policy in policies()) {
         let host = Host::plain().set("/spec/bootVolume", block);
         check_mutation(&policy, "u", None, &host.0)?;
+    }
+
+    #[test]
+    fn text_and_value_readings_decide_alike(
+        block in prop_oneof![boot_volume(), any_json()],
+        old_block in prop::option::of(boot_volume()),
+        state in prop::sample::select(vec!["ready", "provisioned"]),
+        object in any_json(),
+        policy in policies(),
+    ) {
+        let host = Host::plain().set("/spec/bootVolume", block);
+        let old = old_block.map(|b| Host::plain().in_state(state).set("/spec/bootVolume", b).0);
+        text_reading_agrees(&policy, old.as_ref(), &host.0)?;
+        text_reading_agrees(&policy, None, &object)?;
+        text_reading_agrees(&policy, old.as_ref(), &Host::plain().0)?;
     }
 
     #[test]

@@ -37,6 +37,7 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 struct Seen {
     method: String,
     path: String,
+    content_type: String,
     body: Value,
 }
 
@@ -51,13 +52,27 @@ impl ApiServer {
             .expect("client dropped");
         let method = req.method().to_string();
         let path = req.uri().to_string();
+        let content_type = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
         let bytes = req.into_body().collect_bytes().await.unwrap();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         assert!(
             !String::from_utf8_lossy(&bytes).contains(PASSWORD),
             "password sent to the API server: {path}"
         );
-        (Seen { method, path, body }, send)
+        (
+            Seen {
+                method,
+                path,
+                content_type,
+                body,
+            },
+            send,
+        )
     }
 
     /// Expects `GET` of Secret `ns/name`; answers with it, or 404 when `data` is `None`.
@@ -391,6 +406,152 @@ async fn ironic_unreachable_is_a_warning_event_and_a_fast_capped_retry() {
             Action::requeue(Duration::from_secs(10))
         )
     );
+}
+
+/// A host BMO shows as `available` (generation 2) whose node is `manageable` and powered
+/// on, as BMO leaves an `online: true` host without image: the reconciler configures the
+/// node and hands the host over.
+async fn available_host_with_node_on() -> (HostParams, String, Arc<DynamicObject>) {
+    let c = client();
+    let p = HostParams::new(&unique_namespace());
+    let uuid = enroll(&c, &p.ns, json!({"boot_interface": "ipxe"})).await;
+    provision(&c, &uuid, "manage", "manageable").await;
+    power(&c, &uuid, "power on").await;
+    let mut raw = p.host();
+    raw["metadata"]["generation"] = json!(2);
+    raw["status"] = json!({"provisioning": {"state": "available", "ID": uuid}});
+    (p, uuid, Arc::new(serde_json::from_value(raw).unwrap()))
+}
+
+/// Expects the hand-over PATCH of host `ns/host`; answers with `status` (and `message`).
+async fn expect_handover(api: &mut ApiServer, ns: &str, status: StatusCode, message: &str) -> Value {
+    let (seen, send) = api.next().await;
+    assert_eq!(seen.method, "PATCH");
+    let (path, query) = seen.path.split_once('?').unwrap_or((&seen.path, ""));
+    assert_eq!(
+        path,
+        format!("/apis/metal3.io/v1alpha1/namespaces/{ns}/baremetalhosts/host")
+    );
+    assert!(
+        query.split('&').any(|kv| kv == "fieldManager=bootvolume"),
+        "{query}"
+    );
+    assert_eq!(seen.content_type, "application/merge-patch+json");
+    if status.is_success() {
+        send.send_response(json_response(status, &json!({"apiVersion": "metal3.io/v1alpha1", "kind": "BareMetalHost", "metadata": {"name": "host", "namespace": ns}})));
+    } else {
+        send.send_response(json_response(
+            status,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
+                    "code": status.as_u16(), "message": message}),
+        ));
+    }
+    seen.body
+}
+
+#[tokio::test]
+async fn hand_over_is_one_merge_patch_with_the_reboot_annotation_and_events() {
+    let (p, uuid, host) = available_host_with_node_on().await;
+    let (kube, api) = mock_kube();
+    let ironic = client();
+    let ctx = context(kube, ironic.clone());
+    let (ns, s) = (p.ns.clone(), secret(&p.ns, "chap", "chapuser", PASSWORD));
+    let (result, api) = reconcile_with(&ctx, &host, api, |mut api| async move {
+        api.secret_get(&ns, "chap", Some(s)).await;
+        let body = expect_handover(&mut api, &ns, StatusCode::OK, "").await;
+        assert_eq!(
+            body,
+            json!({
+                "spec": {"externallyProvisioned": true},
+                "metadata": {"annotations": {
+                    "bootvolume.metal3.io/handed-over-generation": "2",
+                    "reboot.metal3.io": "{\"mode\":\"hard\"}",
+                }},
+            })
+        );
+        let applied = api.event(&ns).await;
+        assert_eq!(applied["reason"], "BootVolumeApplied");
+        let note = applied["note"].as_str().unwrap();
+        assert!(note.contains("set persistent boot device pxe"), "{note}");
+        let handed = api.event(&ns).await;
+        assert_eq!(
+            (handed["type"].as_str(), handed["reason"].as_str()),
+            (Some("Normal"), Some("BootVolumeHandedOver"))
+        );
+        assert!(
+            handed["note"].as_str().unwrap().contains("reboot"),
+            "{}",
+            handed["note"]
+        );
+        api
+    })
+    .await;
+    // Handed over: looked at again soon, not after the resync period.
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(30)));
+    let calls = ironic.calls();
+    eprintln!("Ironic calls for configure + hand-over of one host: {calls:?}");
+    let n = node(&client(), &uuid).await;
+    assert_eq!(n["extra"]["bootvolume_boot_device"], "pxe");
+    assert_eq!(n["properties"]["capabilities"], "iscsi_boot:True");
+
+    // The watch may deliver the pre-patch host again: no second hand-over, no Event.
+    let (ns, s) = (p.ns.clone(), secret(&p.ns, "chap", "chapuser", PASSWORD));
+    let (_, mut api) = reconcile_with(&ctx, &host, api, |mut api| async move {
+        api.secret_get(&ns, "chap", Some(s)).await;
+        api
+    })
+    .await;
+    api.silent().await;
+}
+
+#[tokio::test]
+async fn a_refused_hand_over_is_a_warning_with_bmo_message_and_not_retried() {
+    let (p, _uuid, host) = available_host_with_node_on().await;
+    let (kube, api) = mock_kube();
+    let ctx = context(kube, client());
+    let refusal = "admission webhook \"baremetalhost.metal3.io\" denied the request: externallyProvisioned can not be changed";
+    let (ns, s) = (p.ns.clone(), secret(&p.ns, "chap", "chapuser", PASSWORD));
+    let (result, api) = reconcile_with(&ctx, &host, api, move |mut api| async move {
+        api.secret_get(&ns, "chap", Some(s)).await;
+        expect_handover(&mut api, &ns, StatusCode::FORBIDDEN, refusal).await;
+        assert_eq!(api.event(&ns).await["reason"], "BootVolumeApplied");
+        let ev = api.event(&ns).await;
+        assert_eq!(
+            (ev["type"].as_str(), ev["reason"].as_str()),
+            (Some("Warning"), Some("HandOverRejected"))
+        );
+        assert!(ev["note"].as_str().unwrap().contains(refusal), "{}", ev["note"]);
+        api
+    })
+    .await;
+    result.unwrap();
+    // Same generation: no new attempt.
+    let (ns, s) = (p.ns.clone(), secret(&p.ns, "chap", "chapuser", PASSWORD));
+    let (_, mut api) = reconcile_with(&ctx, &host, api, |mut api| async move {
+        api.secret_get(&ns, "chap", Some(s)).await;
+        api
+    })
+    .await;
+    api.silent().await;
+}
+
+#[tokio::test]
+async fn opted_out_host_is_configured_but_never_patched() {
+    let (p, _uuid, host) = available_host_with_node_on().await;
+    let mut raw = serde_json::to_value(host.as_ref()).unwrap();
+    raw["metadata"]["annotations"] = json!({"bootvolume.metal3.io/handoff": "false"});
+    let host: Arc<DynamicObject> = Arc::new(serde_json::from_value(raw).unwrap());
+    let (kube, api) = mock_kube();
+    let ctx = context(kube, client());
+    let (ns, s) = (p.ns.clone(), secret(&p.ns, "chap", "chapuser", PASSWORD));
+    let (result, mut api) = reconcile_with(&ctx, &host, api, |mut api| async move {
+        api.secret_get(&ns, "chap", Some(s)).await;
+        assert_eq!(api.event(&ns).await["reason"], "BootVolumeApplied");
+        api
+    })
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+    api.silent().await;
 }
 
 /// A minimal Lease store standing in for the API server's, recording every write.

@@ -6,12 +6,13 @@
 
 use super::{Review, ReviewResponse, Webhook, admit};
 use crate::{
+    audit::{self, AuditLog},
     metrics::{Metrics, RequestLabels, WebhookLabels},
     rules::Policy,
 };
 use axum::{
     Json, Router,
-    body::Body,
+    body::{Body, Bytes},
     extract::State,
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
@@ -43,6 +44,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Time allowed to receive a request body.
     pub body_timeout: Duration,
+    /// Where the audit line of each decision goes.
+    pub audit: AuditLog,
 }
 
 impl AppState {
@@ -50,6 +53,7 @@ impl AppState {
     pub fn new(policy: Policy, metrics: Arc<Metrics>, body_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             policy,
+            audit: AuditLog::for_process(metrics.audit_dropped.clone()),
             metrics,
             ready: AtomicBool::new(false),
             body_timeout,
@@ -103,7 +107,8 @@ impl IntoResponse for DecodeError {
     }
 }
 
-async fn decode(headers: &HeaderMap, body: Body, body_timeout: Duration) -> Result<Review, DecodeError> {
+/// Reads the body of a request that says it is JSON.
+async fn read_body(headers: &HeaderMap, body: Body, body_timeout: Duration) -> Result<Bytes, DecodeError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -131,11 +136,20 @@ async fn decode(headers: &HeaderMap, body: Body, body_timeout: Duration) -> Resu
                 DecodeError::Body(e.to_string())
             }
         })?;
-    let review: Review = serde_json::from_slice(&bytes)?;
+    Ok(bytes)
+}
+
+/// Parses an AdmissionReview in one pass, borrowing from `bytes`.
+pub fn parse(bytes: &[u8]) -> Result<Review<'_>, DecodeError> {
+    // Checking UTF-8 once up front lets the parser borrow strings without checking each.
+    let review: Review = match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text)?,
+        Err(_) => serde_json::from_slice(bytes)?,
+    };
     if review.api_version != super::API_VERSION || review.kind != super::KIND {
         return Err(DecodeError::NotReview {
-            api_version: review.api_version,
-            kind: review.kind,
+            api_version: review.api_version.into_owned(),
+            kind: review.kind.into_owned(),
         });
     }
     if review.request.is_none() {
@@ -144,24 +158,31 @@ async fn decode(headers: &HeaderMap, body: Body, body_timeout: Duration) -> Resu
     Ok(review)
 }
 
+/// Answers a request that is not an AdmissionReview we can decide (4xx), counted and logged.
+fn reject(state: &AppState, webhook: Webhook, error: DecodeError) -> Response {
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            webhook: webhook.label(),
+            operation: "unknown",
+            decision: "error",
+        })
+        .inc();
+    tracing::warn!(webhook = webhook.label(), %error, "rejected malformed admission request");
+    error.into_response()
+}
+
 async fn handle(state: &AppState, webhook: Webhook, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
-    let request = match decode(&headers, body, state.body_timeout).await {
+    let bytes = match read_body(&headers, body, state.body_timeout).await {
+        Ok(bytes) => bytes,
+        Err(error) => return reject(state, webhook, error),
+    };
+    let request = match parse(&bytes) {
         Ok(Review { request: Some(r), .. }) => r,
         Ok(_) => return DecodeError::NoRequest.into_response(),
-        Err(error) => {
-            state
-                .metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    webhook: webhook.label(),
-                    operation: "unknown",
-                    decision: "error",
-                })
-                .inc();
-            tracing::warn!(webhook = webhook.label(), %error, "rejected malformed admission request");
-            return error.into_response();
-        }
+        Err(error) => return reject(state, webhook, error),
     };
     let outcome = admit(&state.policy, webhook, &request);
     let elapsed = start.elapsed();
@@ -183,21 +204,29 @@ async fn handle(state: &AppState, webhook: Webhook, headers: HeaderMap, body: Bo
             webhook: webhook.label(),
         })
         .observe(elapsed.as_secs_f64());
-    tracing::info!(
-        target: "bootvolume::audit",
-        webhook = webhook.label(),
-        uid = request.uid.as_str(),
+    state.audit.record(&audit::Entry {
+        webhook: webhook.label(),
+        uid: &request.uid,
         operation,
-        namespace = request.namespace.as_str(),
-        name = request.name.as_str(),
-        user = request.user_info.username.as_str(),
-        dry_run = request.dry_run,
+        namespace: &request.namespace,
+        name: &request.name,
+        user: &request.user_info.username,
+        dry_run: request.dry_run,
         decision,
-        violations = outcome.violations.join(",").as_str(),
-        duration_us = elapsed.as_micros() as u64,
-        "admission"
-    );
-    Json(ReviewResponse::from(outcome.response)).into_response()
+        violations: &outcome.violations,
+        duration_us: elapsed.as_micros() as u64,
+    });
+    encode(&ReviewResponse::from(outcome.response))
+}
+
+/// The answer as JSON, written into one buffer sized for a typical review.
+fn encode(review: &ReviewResponse) -> Response {
+    let mut body = Vec::with_capacity(512);
+    match serde_json::to_writer(&mut body, review) {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        // Our own response types always serialize.
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 async fn validate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {

@@ -13,10 +13,10 @@ use crate::{
     mutate,
     rules::{self, FieldError, Policy, Verdict},
 };
-use api::HostSubset;
+use api::HostRead;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 /// The AdmissionReview `apiVersion` we speak.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -42,76 +42,82 @@ impl Webhook {
     }
 }
 
-/// An incoming AdmissionReview (only the fields we read).
+/// An incoming AdmissionReview (only the fields we read), borrowing its strings from the
+/// request body; every other field is skipped by the parser without being built.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Review {
+pub struct Review<'a> {
     /// Must be `admission.k8s.io/v1`.
-    pub api_version: String,
+    #[serde(borrow)]
+    pub api_version: Cow<'a, str>,
     /// Must be `AdmissionReview`.
-    pub kind: String,
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
     /// The request; a review without one is malformed.
-    pub request: Option<Request>,
+    #[serde(borrow)]
+    pub request: Option<Request<'a>>,
 }
 
 /// Group/version/kind as the API server sends it.
 #[derive(Debug, Default, Deserialize)]
-pub struct GroupVersionKind {
+pub struct GroupVersionKind<'a> {
     /// API group (`metal3.io`).
-    #[serde(default)]
-    pub group: String,
+    #[serde(default, borrow)]
+    pub group: Cow<'a, str>,
     /// Version (`v1alpha1`).
-    #[serde(default)]
-    pub version: String,
+    #[serde(default, borrow)]
+    pub version: Cow<'a, str>,
     /// Kind (`BareMetalHost`).
-    #[serde(default)]
-    pub kind: String,
+    #[serde(default, borrow)]
+    pub kind: Cow<'a, str>,
 }
 
 /// The requesting user.
 #[derive(Debug, Default, Deserialize)]
-pub struct UserInfo {
+pub struct UserInfo<'a> {
     /// User name (`system:serviceaccount:ns:name` for service accounts).
-    #[serde(default)]
-    pub username: String,
+    #[serde(default, borrow)]
+    pub username: Cow<'a, str>,
 }
 
 /// `AdmissionReview.request`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Request {
+pub struct Request<'a> {
     /// Echoed in the response.
-    pub uid: String,
+    #[serde(borrow)]
+    pub uid: Cow<'a, str>,
     /// The object's kind.
-    #[serde(default)]
-    pub kind: GroupVersionKind,
+    #[serde(default, borrow)]
+    pub kind: GroupVersionKind<'a>,
     /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
-    pub operation: String,
+    #[serde(borrow)]
+    pub operation: Cow<'a, str>,
     /// Object name (may be empty on CREATE with generateName).
-    #[serde(default)]
-    pub name: String,
+    #[serde(default, borrow)]
+    pub name: Cow<'a, str>,
     /// Object namespace: authoritative, even when the object omits it.
-    #[serde(default)]
-    pub namespace: String,
+    #[serde(default, borrow)]
+    pub namespace: Cow<'a, str>,
     /// Who asks.
-    #[serde(default)]
-    pub user_info: UserInfo,
+    #[serde(default, borrow)]
+    pub user_info: UserInfo<'a>,
     /// The new object (CREATE, UPDATE): only the parts the rules read are kept (see
     /// [`api::HostDoc`]); any JSON is accepted here, for other kinds too.
-    #[serde(default)]
-    pub object: Option<HostSubset>,
+    #[serde(default, borrow)]
+    pub object: Option<HostRead<'a>>,
     /// The stored object (UPDATE, DELETE), read like `object`.
-    #[serde(default)]
-    pub old_object: Option<HostSubset>,
+    #[serde(default, borrow)]
+    pub old_object: Option<HostRead<'a>>,
     /// Whether the request will be persisted.
     #[serde(default)]
     pub dry_run: bool,
 }
 
-impl Request {
+impl Request<'_> {
     /// The operation as a static label (unknown values collapse to `other`).
     pub fn operation_label(&self) -> &'static str {
-        match self.operation.as_str() {
+        match &*self.operation {
             "CREATE" => "CREATE",
             "UPDATE" => "UPDATE",
             "DELETE" => "DELETE",
@@ -259,28 +265,24 @@ fn is_bare_metal_host(kind: &GroupVersionKind) -> bool {
 ///
 /// DELETE, CONNECT, other kinds and other groups are allowed untouched.
 pub fn admit(policy: &Policy, webhook: Webhook, req: &Request) -> Outcome {
-    let ours = is_bare_metal_host(&req.kind) && matches!(req.operation.as_str(), "CREATE" | "UPDATE");
+    let ours = is_bare_metal_host(&req.kind) && matches!(&*req.operation, "CREATE" | "UPDATE");
     if !ours {
         return allow(req, Vec::new());
     }
-    let new_doc = match &req.object {
+    let mut new: HostView = match &req.object {
         None => return deny(req, unreadable("object", "required for CREATE and UPDATE")),
-        Some(HostSubset(Err(e))) => return deny(req, unreadable("object", &e.to_string())),
-        Some(HostSubset(Ok(doc))) => doc,
-    };
-    let mut new = match HostView::new(new_doc) {
-        Ok(v) => v,
-        Err(e) => return deny(req, unreadable("object", &e.to_string())),
+        Some(HostRead(Err(e))) => return deny(req, unreadable("object", &e.to_string())),
+        Some(HostRead(Ok(doc))) => doc.view(),
     };
     if !req.namespace.is_empty() {
         new.namespace = &req.namespace;
     }
     // An unreadable old object cannot be compared with: treat the request like a CREATE.
-    let old_doc = match &req.old_object {
-        Some(HostSubset(Ok(doc))) => Some(doc),
+    let old = match &req.old_object {
+        Some(HostRead(Ok(doc))) => Some(doc.view()),
         _ => None,
-    };
-    let old = old_doc.and_then(|o| HostView::new(o).ok()).map(|mut o| {
+    }
+    .map(|mut o| {
         if !req.namespace.is_empty() {
             o.namespace = &req.namespace;
         }
@@ -301,7 +303,8 @@ pub fn admit(policy: &Policy, webhook: Webhook, req: &Request) -> Outcome {
                 return allow(req, Vec::new());
             }
             // A Vec of patch operations always serializes.
-            let json = serde_json::to_vec(&ops).unwrap_or_default();
+            let mut json = Vec::with_capacity(512);
+            let _ = serde_json::to_writer(&mut json, &ops);
             let mut outcome = allow(req, Vec::new());
             outcome.decision = Decision::Mutated;
             outcome.response.patch_type = Some("JSONPatch".to_owned());
@@ -333,7 +336,7 @@ fn allow(req: &Request, warnings: Vec<String>) -> Outcome {
     audit.insert("decision".to_owned(), Decision::Allowed.label().to_owned());
     Outcome {
         response: Response {
-            uid: req.uid.clone(),
+            uid: req.uid.to_string(),
             allowed: true,
             warnings,
             audit_annotations: audit,
@@ -358,7 +361,7 @@ fn deny(req: &Request, verdict: Verdict) -> Outcome {
         message: verdict.message(),
         reason: "Invalid".to_owned(),
         details: StatusDetails {
-            name: req.name.clone(),
+            name: req.name.to_string(),
             group: "metal3.io".to_owned(),
             kind: api::KIND.to_owned(),
             causes: verdict.errors.iter().map(StatusCause::from).collect(),
@@ -367,7 +370,7 @@ fn deny(req: &Request, verdict: Verdict) -> Outcome {
     };
     Outcome {
         response: Response {
-            uid: req.uid.clone(),
+            uid: req.uid.to_string(),
             allowed: false,
             status: Some(status),
             warnings: verdict.warnings,

@@ -110,6 +110,7 @@ pub struct CallCounts {
     get: AtomicU64,
     post: AtomicU64,
     patch: AtomicU64,
+    put: AtomicU64,
     delete: AtomicU64,
 }
 
@@ -122,14 +123,16 @@ pub struct Calls {
     pub post: u64,
     /// PATCH requests.
     pub patch: u64,
+    /// PUT requests (provision, power and boot device actions).
+    pub put: u64,
     /// DELETE requests.
     pub delete: u64,
 }
 
 impl Calls {
-    /// Requests that may change Ironic (POST, PATCH, DELETE).
+    /// Requests that may change Ironic (POST, PATCH, PUT, DELETE).
     pub fn writes(&self) -> u64 {
-        self.post + self.patch + self.delete
+        self.post + self.patch + self.put + self.delete
     }
     /// All requests.
     pub fn total(&self) -> u64 {
@@ -141,6 +144,7 @@ impl Calls {
             get: self.get - earlier.get,
             post: self.post - earlier.post,
             patch: self.patch - earlier.patch,
+            put: self.put - earlier.put,
             delete: self.delete - earlier.delete,
         }
     }
@@ -152,6 +156,7 @@ impl CallCounts {
             Method::GET => &self.get,
             Method::POST => &self.post,
             Method::PATCH => &self.patch,
+            Method::PUT => &self.put,
             _ => &self.delete,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -162,6 +167,7 @@ impl CallCounts {
             get: self.get.load(Ordering::Relaxed),
             post: self.post.load(Ordering::Relaxed),
             patch: self.patch.load(Ordering::Relaxed),
+            put: self.put.load(Ordering::Relaxed),
             delete: self.delete.load(Ordering::Relaxed),
         }
     }
@@ -259,6 +265,29 @@ impl IronicClient {
             Some(ops),
         )
         .await
+    }
+
+    /// `PUT /v1/nodes/{uuid}/states/provision` with `target` (`manage`, `adopt`, `provide`,
+    /// `active`, `deleted`, ...). Ironic answers 202 and runs the transition in the background.
+    pub async fn set_provision_state(&self, uuid: &str, target: &str) -> Result<(), Error> {
+        let path = format!("/v1/nodes/{}/states/provision", encode_segment(uuid));
+        self.send_with_body(Method::PUT, &path, &serde_json::json!({ "target": target }))
+            .await
+    }
+
+    /// `PUT /v1/nodes/{uuid}/states/power` with `target` (`power on`, `power off`, `rebooting`).
+    pub async fn set_power_state(&self, uuid: &str, target: &str) -> Result<(), Error> {
+        let path = format!("/v1/nodes/{}/states/power", encode_segment(uuid));
+        self.send_with_body(Method::PUT, &path, &serde_json::json!({ "target": target }))
+            .await
+    }
+
+    /// `PUT /v1/nodes/{uuid}/management/boot_device`: adoption never sets one, and a host
+    /// must keep network-booting to reach its iPXE script.
+    pub async fn set_boot_device(&self, uuid: &str, device: &str, persistent: bool) -> Result<(), Error> {
+        let path = format!("/v1/nodes/{}/management/boot_device", encode_segment(uuid));
+        let body = serde_json::json!({ "boot_device": device, "persistent": persistent });
+        self.send_with_body(Method::PUT, &path, &body).await
     }
 
     /// All volume connectors of a node, with `extra` and timestamps.
@@ -431,6 +460,29 @@ impl IronicClient {
         Error::Transport {
             url: self.base.clone(),
             message,
+        }
+    }
+}
+
+/// How many times, and how long apart, a write is retried while Ironic holds the node lock
+/// (a short task such as a power sync or BMO's own PATCH): sub-second, bounded to ~3 s.
+const LOCK_RETRIES: u32 = 15;
+const LOCK_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Runs `call` again while it fails with "node locked" (409), at most [`LOCK_RETRIES`] times.
+pub async fn retry_locked<T, F, Fut>(mut call: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(Error::Conflict { locked: true, .. }) if attempt < LOCK_RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(LOCK_RETRY_DELAY).await;
+            }
+            other => return other,
         }
     }
 }

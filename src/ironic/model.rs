@@ -35,13 +35,42 @@ pub struct Node {
     /// Last write time (not in [`NODE_FIELDS`]: Ironic refuses it there; tests read it in full).
     #[serde(default)]
     pub updated_at: Option<String>,
+    /// The state a running transition heads for (`active` while adopting), else null.
+    #[serde(default)]
+    pub target_provision_state: Option<String>,
+    /// When `provision_state` last changed: tells one failed adoption from the next.
+    #[serde(default)]
+    pub provision_updated_at: Option<String>,
+    /// The conductor holding the node lock, or null: writes get 409 while it is set.
+    #[serde(default)]
+    pub reservation: Option<String>,
+    /// Why the last transition failed (e.g. `adopt failed`).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Conductor bookkeeping; `boot_from_volume` names the volume target the node boots
+    /// from once deployed or adopted.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub driver_internal_info: Map<String, Value>,
 }
 
 /// The node fields requested on every read (`?fields=`), to keep responses small.
-pub const NODE_FIELDS: &str =
-    "uuid,name,power_state,provision_state,maintenance,storage_interface,properties,extra";
+pub const NODE_FIELDS: &str = "uuid,name,power_state,provision_state,target_provision_state,\
+provision_updated_at,reservation,last_error,maintenance,storage_interface,properties,extra,\
+driver_internal_info";
 
 impl Node {
+    /// `driver_internal_info.boot_from_volume`: the target UUID Ironic boots the node from.
+    pub fn boot_from_volume(&self) -> Option<&str> {
+        self.driver_internal_info
+            .get("boot_from_volume")
+            .and_then(Value::as_str)
+    }
+
+    /// The provision state, `""` when unknown.
+    pub fn state(&self) -> &str {
+        self.provision_state.as_deref().unwrap_or("")
+    }
+
     /// `properties.capabilities`, as the string Ironic stores (empty when unset).
     pub fn capabilities(&self) -> &str {
         self.properties

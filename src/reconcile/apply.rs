@@ -152,18 +152,44 @@ pub async fn apply(
     desired: Option<&Desired>,
     dry_run: bool,
 ) -> Result<Outcome, Error> {
+    Ok(apply_detailed(client, host, desired, dry_run).await?.outcome)
+}
+
+/// A pass of [`apply_detailed`]: the outcome, what Ironic held before, and the writes made.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    /// What the pass did.
+    pub outcome: Outcome,
+    /// The node, connectors and targets read before any write (`None`: none read).
+    pub before: Option<Current>,
+    /// The writes made (in dry-run: planned), in order.
+    pub actions: Vec<plan::Action>,
+}
+
+/// [`apply`], also returning the state read and the writes made (the adoption handshake
+/// decides from them).
+pub async fn apply_detailed(
+    client: &IronicClient,
+    host: &HostSpec,
+    desired: Option<&Desired>,
+    dry_run: bool,
+) -> Result<Applied, Error> {
+    let outcome = |outcome: Outcome| Applied {
+        outcome,
+        ..Default::default()
+    };
     if let Some(why) = host.skip {
-        return Ok(Outcome {
+        return Ok(outcome(Outcome {
             skipped: Some(format!("host is {why}")),
             ..Default::default()
-        });
+        }));
     }
     let Some(node) = find_node(client, host).await? else {
         return match desired {
-            None => Ok(Outcome {
+            None => Ok(outcome(Outcome {
                 skipped: Some("no Ironic node".into()),
                 ..Default::default()
-            }),
+            })),
             Some(_) => Err(Error::NodeNotFound {
                 ident: host.node_name(),
                 how: if host.node_id.is_some() {
@@ -181,10 +207,10 @@ pub async fn apply(
         .get(MANAGED_KEY)
         .is_some_and(|v| v == &Value::Bool(true));
     if desired.is_none() && !marked {
-        return Ok(Outcome {
+        return Ok(outcome(Outcome {
             node_uuid: uuid,
             ..Default::default()
-        });
+        }));
     }
     let connectors = client
         .list_connectors(&uuid)
@@ -199,37 +225,45 @@ pub async fn apply(
         connectors,
         targets,
     };
-    apply_to(client, desired, &current, dry_run).await
+    apply_to(client, desired, current, dry_run).await
 }
 
 /// Plans against `current` (read just now, or taken from a fresh fleet listing) and executes.
 pub async fn apply_to(
     client: &IronicClient,
     desired: Option<&Desired>,
-    current: &Current,
+    current: Current,
     dry_run: bool,
-) -> Result<Outcome, Error> {
+) -> Result<Applied, Error> {
     let secret = desired
         .and_then(|d| d.credentials.as_ref())
         .map(|c| c.password.expose().to_owned());
     let redact = |e: ironic::Error| e.redact(secret.as_deref().unwrap_or(""));
-    let plan = plan::plan(desired, current);
-    let mut outcome = Outcome {
-        node_uuid: current.node.uuid.clone(),
-        change: plan::classify(desired, current, &plan.actions),
-        blocked: plan.blocked,
-        ..Default::default()
+    let plan = plan::plan(desired, &current);
+    let change = plan::classify(desired, &current, &plan.actions);
+    let mut applied = Applied {
+        outcome: Outcome {
+            node_uuid: current.node.uuid.clone(),
+            change,
+            blocked: plan.blocked,
+            ..Default::default()
+        },
+        before: Some(current),
+        actions: Vec::new(),
     };
     for action in plan.actions {
         let description = action.to_string();
         if !dry_run {
-            execute(client, &action)
+            // Ironic holds the node lock for short tasks (a power sync, another client's
+            // PATCH): retry those sub-second instead of waiting for the next pass.
+            ironic::retry_locked(|| execute(client, &action))
                 .await
                 .map_err(|e| Error::ironic(&description, redact(e)))?;
         }
-        outcome.changes.push(description);
+        applied.outcome.changes.push(description);
+        applied.actions.push(action);
     }
-    Ok(outcome)
+    Ok(applied)
 }
 
 async fn find_node(client: &IronicClient, host: &HostSpec) -> Result<Option<ironic::Node>, Error> {

@@ -78,8 +78,16 @@ pub struct IronicApplyArgs {
     #[command(flatten)]
     pub ironic: IronicArgs,
     /// Print what would change without writing to Ironic.
-    #[arg(long, env = "BOOTVOLUME_DRY_RUN")]
+    #[arg(long, env = "BOOTVOLUME_DRY_RUN", conflicts_with = "adopt")]
     pub dry_run: bool,
+    /// Standalone Ironic (no baremetal-operator): after configuring, set a persistent PXE
+    /// boot device, manage, adopt, power on and wait for `active`; exit 0 only when the node
+    /// boots from its volume.
+    #[arg(long, env = "BOOTVOLUME_ADOPT")]
+    pub adopt: bool,
+    /// With `--adopt`: seconds to wait for each host to become `active`.
+    #[arg(long, default_value_t = 300, env = "BOOTVOLUME_ADOPT_TIMEOUT")]
+    pub adopt_timeout: u64,
 }
 
 /// `reconcile` flags.
@@ -107,6 +115,11 @@ pub struct ReconcileArgs {
     /// Plan and report (Events, logs) without writing to Ironic.
     #[arg(long, env = "BOOTVOLUME_DRY_RUN")]
     pub dry_run: bool,
+    /// Hand configured hosts to baremetal-operator for adoption by setting
+    /// `spec.externallyProvisioned: true` (per-host opt-out: annotation
+    /// `bootvolume.metal3.io/handoff: "false"`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "BOOTVOLUME_HANDOFF")]
+    pub handoff: bool,
     /// Only act while holding the Lease (set false for a single replica without RBAC on leases).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "BOOTVOLUME_LEADER_ELECT")]
     pub leader_elect: bool,
@@ -154,13 +167,23 @@ pub fn run_ironic_apply(args: IronicApplyArgs) -> Result<u8, Error> {
         files,
         ironic,
         dry_run,
+        adopt,
+        adopt_timeout,
     } = args;
+    let adopt_within = adopt.then(|| Duration::from_secs(adopt_timeout.max(1)));
     init_process();
     let inputs = oneshot::read_inputs(&files)?;
     let client = ironic.client()?;
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
     let status = runtime()?
-        .block_on(oneshot::run(&client, &inputs, dry_run, &mut out, &mut err))
+        .block_on(oneshot::run(
+            &client,
+            &inputs,
+            dry_run,
+            adopt_within,
+            &mut out,
+            &mut err,
+        ))
         .map_err(|e| Error::Input(format!("writing output: {e}")))?;
     let _ = out.flush();
     Ok(status.code())
@@ -185,6 +208,7 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
         resync_interval,
         concurrency,
         dry_run,
+        handoff,
         leader_elect,
         lease_name,
         lease_namespace,
@@ -196,7 +220,7 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
     // process, which then holds nothing). Polling once installs the handlers.
     let mut signal = Box::pin(crate::cli::shutdown_signal());
     let _ = futures::poll!(&mut signal);
-    tracing::info!(dry_run, leader_elect, "reconciler starting");
+    tracing::info!(dry_run, handoff, leader_elect, "reconciler starting");
     let metrics = Arc::new(Metrics::new());
     let ironic = ironic.client()?.with_observer(metrics.ironic_observer());
     let kube = kube::Client::try_default()
@@ -211,14 +235,9 @@ async fn reconcile_main(args: ReconcileArgs) -> Result<(), Error> {
         instance: Some(identity.clone()),
     };
     let resync = Duration::from_secs(resync_interval.max(1));
-    let ctx = Arc::new(Context::new(
-        kube.clone(),
-        ironic,
-        metrics.clone(),
-        reporter,
-        dry_run,
-        resync,
-    ));
+    let ctx = Arc::new(
+        Context::new(kube.clone(), ironic, metrics.clone(), reporter, dry_run, resync).with_handoff(handoff),
+    );
     let config = ControllerConfig {
         namespace,
         secret_label_selector,

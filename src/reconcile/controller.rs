@@ -1,16 +1,18 @@
 //! `bootvolume reconcile`: a kube-runtime Controller over BareMetalHosts.
 //!
-//! Hosts are read as [`DynamicObject`]s of `metal3.io/v1alpha1` `baremetalhosts` (we never
-//! write a host, so we never need its full schema). A Secret change re-triggers the hosts
+//! Hosts are read as [`DynamicObject`]s of `metal3.io/v1alpha1` `baremetalhosts` (our only
+//! write is a JSON merge patch, the hand-over, so we never need its full schema). A Secret change re-triggers the hosts
 //! that reference it, found in the controller's own reflector store. Each outcome becomes
 //! a Kubernetes Event on the host, a log line and a metric. Only the Lease holder reconciles
 //! ([`lead`]), so two replicas never write to the same node at once.
 
 use super::{
     Error,
-    apply::{self, HostSpec, Outcome},
-    events::{Recorder, events},
+    apply::{HostSpec, Outcome},
+    events::{Event, EventType, Recorder, events, truncate},
     fleet::{self, FleetState},
+    handshake::{self, EventKind, Phase},
+    host_api::{self, KubeHostWriter},
     metrics::Metrics,
     trim,
 };
@@ -19,7 +21,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DynamicObject, GroupVersionKind},
+    api::DynamicObject,
     core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt as _,
@@ -44,13 +46,10 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(5);
 /// Cap of the retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-/// `metal3.io/v1alpha1` `baremetalhosts`.
-pub fn host_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("metal3.io", "v1alpha1", "BareMetalHost"),
-        "baremetalhosts",
-    )
-}
+pub use super::host_api::host_resource;
+/// How soon a host handed over (or still being configured) is looked at again: adoption
+/// takes seconds, and Ironic's progress does not always change the host.
+const HANDSHAKE_RECHECK: Duration = Duration::from_secs(30);
 
 /// What every reconcile shares.
 pub struct Context {
@@ -62,6 +61,7 @@ pub struct Context {
     resync: Duration,
     backoff: Backoff,
     fleet: Arc<FleetState>,
+    handshake: handshake::Options,
     progress: Arc<Progress>,
 }
 
@@ -86,6 +86,7 @@ impl Context {
             resync,
             backoff: Backoff::default(),
             fleet: Arc::default(),
+            handshake: handshake::Options::new(dry_run, true),
             progress: Arc::default(),
         }
     }
@@ -93,6 +94,12 @@ impl Context {
     /// What the fleet sync knows (tests and benchmarks look at it).
     pub fn fleet(&self) -> &Arc<FleetState> {
         &self.fleet
+    }
+
+    /// Enables or disables the hand-over to baremetal-operator (`--handoff`, default on).
+    pub fn with_handoff(mut self, handoff: bool) -> Self {
+        self.handshake.handoff = handoff;
+        self
     }
 
     /// What the controller is doing now (for the shutdown watchdog).
@@ -172,12 +179,23 @@ fn key(obj: &DynamicObject) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-/// One reconcile of one host: read its Secret, run [`apply::apply`], report.
+/// One reconcile of one host: read its Secret, run [`host_api::host_pass`] (configure the
+/// node, then the adoption handshake), report.
 #[tracing::instrument(skip_all, fields(host = %key(&obj)))]
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
     let _running = ctx.progress.reconciling(key(&obj));
-    let result = pass(&obj, &ctx).await;
+    let (result, handshake_events, phase) = match pass(&obj, &ctx).await {
+        Ok(report) => {
+            let mut outcome = report.outcome;
+            outcome.changes.extend(report.steps);
+            (Ok(outcome), report.events, report.phase)
+        }
+        Err(e) => (Err(e), Vec::new(), None),
+    };
+    if result.is_ok() {
+        ctx.metrics.set_host_phase(&key(&obj), phase);
+    }
     let label = match &result {
         Ok(o) if o.skipped.is_some() => "skipped",
         Ok(o) if !o.blocked.is_empty() => "waiting",
@@ -187,7 +205,17 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
     };
     ctx.metrics.record_reconcile(label, start.elapsed());
     let reference = obj.object_ref(&host_resource());
-    for event in events(&result, ctx.dry_run) {
+    let handshake_events = handshake_events.into_iter().map(|e| Event {
+        type_: match e.kind {
+            EventKind::Normal => EventType::Normal,
+            EventKind::Warning => EventType::Warning,
+        },
+        reason: e.reason.into(),
+        note: Some(truncate(e.note)),
+        action: "Handshake".into(),
+        secondary: None,
+    });
+    for event in events(&result, ctx.dry_run).into_iter().chain(handshake_events) {
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(error = %e, reason = event.reason, "cannot publish event");
         }
@@ -201,8 +229,11 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
     );
     if outcome.blocked.is_empty() {
         ctx.backoff.reset(&key(&obj));
-        // With the fleet sync running, drift is found by its list calls, not per host.
-        if ctx.fleet.is_running() {
+        let recheck = matches!(phase, Some(Phase::HandedOver | Phase::Configuring));
+        if recheck {
+            Ok(Action::requeue(ctx.resync.min(HANDSHAKE_RECHECK)))
+        } else if ctx.fleet.is_running() {
+            // With the fleet sync running, drift is found by its list calls, not per host.
             Ok(Action::await_change())
         } else {
             Ok(Action::requeue(ctx.resync))
@@ -222,34 +253,49 @@ pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> 
     }
 }
 
-async fn pass(obj: &DynamicObject, ctx: &Context) -> Result<Outcome, Error> {
+async fn pass(obj: &DynamicObject, ctx: &Context) -> Result<host_api::Report, Error> {
     let raw = serde_json::to_value(obj).map_err(|e| Error::Input(format!("cannot read host: {e}")))?;
     let host = HostSpec::from_value(&raw)?;
-    if host.skip.is_some() {
-        return apply::apply(&ctx.ironic, &host, None, ctx.dry_run).await;
+    if host.skip.is_none() {
+        ctx.fleet.forget(&host);
+        if ctx.fleet.nothing_of_ours(&host) {
+            return Ok(host_api::Report {
+                outcome: Outcome {
+                    skipped: Some("no bootVolume and nothing of ours on the Ironic node".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+        }
     }
-    ctx.fleet.forget(&host);
-    if ctx.fleet.nothing_of_ours(&host) {
-        return Ok(Outcome {
-            skipped: Some("no bootVolume and nothing of ours on the Ironic node".into()),
-            ..Default::default()
-        });
-    }
-    let secret = match host.secret_name()? {
+    let secret = match host.skip.map_or(host.secret_name(), |_| Ok(None))? {
         Some(name) => Api::<Secret>::namespaced(ctx.kube.clone(), &host.namespace)
             .get_opt(name)
             .await
             .map_err(|e| Error::Kube(format!("get Secret {}/{name}: {e}", host.namespace)))?,
         None => None,
     };
-    let desired = host.desired(secret.as_ref())?;
-    let outcome = match ctx.fleet.take_current(&host) {
-        Some(current) => apply::apply_to(&ctx.ironic, desired.as_ref(), &current, ctx.dry_run).await?,
-        None => apply::apply(&ctx.ironic, &host, desired.as_ref(), ctx.dry_run).await?,
-    };
-    if outcome.blocked.is_empty() {
+    let current = host
+        .skip
+        .is_none()
+        .then(|| ctx.fleet.take_current(&host))
+        .flatten();
+    let writer = KubeHostWriter::new(ctx.kube.clone());
+    let report = host_api::host_pass_from(
+        &ctx.ironic,
+        &writer,
+        &raw,
+        secret.as_ref(),
+        current,
+        &ctx.handshake,
+    )
+    .await?;
+    if host.skip.is_none() && report.outcome.blocked.is_empty() {
+        let desired = host.desired(secret.as_ref())?;
         let secret_version = secret.and_then(|s| s.metadata.resource_version);
-        let (uuid, wrote) = (outcome.node_uuid.clone(), !outcome.changes.is_empty());
+        // Handshake steps write to the node too: a listing older than them is stale.
+        let wrote = !report.outcome.changes.is_empty() || !report.steps.is_empty();
+        let uuid = report.outcome.node_uuid.clone();
         let record = fleet::Record {
             host,
             desired,
@@ -257,7 +303,7 @@ async fn pass(obj: &DynamicObject, ctx: &Context) -> Result<Outcome, Error> {
         };
         ctx.fleet.remember(record, &uuid, wrote);
     }
-    Ok(outcome)
+    Ok(report)
 }
 
 /// The hosts in `store` whose `bootVolume` references Secret `namespace/name`.
@@ -360,9 +406,17 @@ pub async fn run_controller(
         .predicate_filter(trim::fingerprint, Default::default());
     // The first snapshot comes before the first pass, so hosts without bootVolume whose
     // node carries nothing of ours cost no Ironic call even at startup.
-    match fleet::refresh(&ctx.ironic, &ctx.fleet).await {
-        Ok((pages, nodes)) => tracing::info!(pages, nodes, "fleet snapshot"),
-        Err(e) => tracing::warn!(error = %e, "fleet snapshot failed; passes read nodes one by one"),
+    // A stop during it ends the controller at once: nothing has started yet.
+    let stop = stop.shared();
+    tokio::select! {
+        snapshot = fleet::refresh(&ctx.ironic, &ctx.fleet) => match snapshot {
+            Ok((pages, nodes)) => tracing::info!(pages, nodes, "fleet snapshot"),
+            Err(e) => tracing::warn!(error = %e, "fleet snapshot failed; passes read nodes one by one"),
+        },
+        () = stop.clone() => {
+            tracing::info!("stopped during the first fleet snapshot; nothing to drain");
+            return;
+        }
     }
     let (trigger, triggered) = futures::channel::mpsc::channel(1024);
     let sync = fleet::run(
@@ -376,7 +430,6 @@ pub async fn run_controller(
     );
     let controller = Controller::for_stream_with(host_stream, store.clone(), ar);
     let fleet_state = ctx.fleet.clone();
-    let stop = stop.shared();
     let unready = stopped_before_ready(stop.clone(), store.clone());
     let run = controller
         .watches(secrets, secret_watch, move |s: PartialObjectMeta<Secret>| {

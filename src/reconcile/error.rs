@@ -50,6 +50,16 @@ pub enum Error {
     /// A Kubernetes API call failed.
     #[error("Kubernetes API: {0}")]
     Kube(String),
+    /// The API server (or a webhook, e.g. baremetal-operator's) refused our patch of a host.
+    #[error("BareMetalHost {namespace}/{name}: patch refused: {message}")]
+    HostRejected {
+        /// The host's namespace.
+        namespace: String,
+        /// The host's name.
+        name: String,
+        /// The refusal, as the API server sent it.
+        message: String,
+    },
     /// An input file could not be read or parsed (`ironic-apply`).
     #[error("{0}")]
     Input(String),
@@ -79,6 +89,7 @@ impl Error {
                 _ => "ironic_error",
             },
             Self::Kube(_) => "kube_error",
+            Self::HostRejected { .. } => "host_patch_rejected",
             Self::Input(_) => "input_error",
         }
     }

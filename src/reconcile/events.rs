@@ -53,6 +53,8 @@ pub const IRONIC_ERROR: &str = "IronicError";
 pub const KUBERNETES_ERROR: &str = "KubernetesError";
 /// The host object could not be read.
 pub const INVALID_INPUT: &str = "InvalidInput";
+/// The API server or a webhook refused our patch of the host.
+pub const HOST_PATCH_REJECTED: &str = "HostPatchRejected";
 
 /// The reason, action and verb of a change, by kind.
 fn change_reason(change: Change, dry_run: bool) -> (&'static str, &'static str, &'static str) {
@@ -86,6 +88,7 @@ pub fn error_reason(e: &Error) -> &'static str {
         } => IRONIC_UNREACHABLE,
         Error::Ironic { .. } => IRONIC_ERROR,
         Error::Kube(_) => KUBERNETES_ERROR,
+        Error::HostRejected { .. } => HOST_PATCH_REJECTED,
         Error::Input(_) => INVALID_INPUT,
     }
 }

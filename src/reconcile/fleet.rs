@@ -598,18 +598,18 @@ mod tests {
             ("deleting", &deleting, None, &in_sync, Verdict::Skipped),
             ("not ours, no bootVolume", &plain, None, &foreign, Verdict::InSync),
             (
-                "ours, bootVolume removed",
+                "ours, bootVolume removed (delete connector and target, storage interface, extra)",
                 &plain,
                 None,
                 &in_sync,
-                Verdict::OutOfSync(3),
+                Verdict::OutOfSync(4),
             ),
             (
                 "only a foreign target left",
                 &plain,
                 None,
                 &foreign_target,
-                Verdict::OutOfSync(2),
+                Verdict::OutOfSync(3),
             ),
         ];
         for (name, h, r, index, want) in cases {

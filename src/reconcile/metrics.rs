@@ -7,22 +7,34 @@
 //!   status or `error` when none came back.
 //! - `bootvolume_fleet_syncs_total{result}` (`ok`, `error`), `bootvolume_fleet_list_pages_total`
 //!   and `bootvolume_fleet_out_of_sync_hosts_total`: what the periodic fleet sync costs and finds.
+//! - `bootvolume_hosts{phase}`: hosts with `bootVolume` per adoption-handshake phase
+//!   ([`Phase::label`]); every phase is always exported, zero included.
 //!
 //! Labels never carry host names or values from a spec, so cardinality stays fixed and no
 //! secret can end up here.
 
+use super::handshake::Phase;
 use crate::ironic::RequestObserver;
 use axum::{Router, http::header, response::IntoResponse, routing::get};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,6 +52,8 @@ pub struct Metrics {
     fleet_syncs: Family<ResultLabels, Counter>,
     fleet_pages: Counter,
     fleet_out_of_sync: Counter,
+    hosts: Family<PhaseLabels, Gauge>,
+    phases: Mutex<HashMap<String, Phase>>,
 }
 
 impl Default for Metrics {
@@ -89,6 +103,19 @@ impl Metrics {
             "Hosts a fleet sync sent back to the queue",
             fleet_out_of_sync.clone(),
         );
+        let hosts = Family::<PhaseLabels, Gauge>::default();
+        registry.register(
+            "bootvolume_hosts",
+            "Hosts with bootVolume by adoption phase",
+            hosts.clone(),
+        );
+        for phase in Phase::ALL {
+            hosts
+                .get_or_create(&PhaseLabels {
+                    phase: phase.label().into(),
+                })
+                .set(0);
+        }
         Self {
             registry,
             reconciles,
@@ -97,6 +124,8 @@ impl Metrics {
             fleet_syncs,
             fleet_pages,
             fleet_out_of_sync,
+            hosts,
+            phases: Mutex::default(),
         }
     }
 
@@ -135,6 +164,39 @@ impl Metrics {
     pub fn fleet_syncs(&self) -> u64 {
         self.fleet_syncs
             .get_or_create(&ResultLabels { result: "ok".into() })
+            .get()
+    }
+
+    /// Records host `key`'s phase (`None`: no longer counted, e.g. deleted or no bootVolume).
+    /// Constant work per call: only the old and the new phase's gauges move.
+    pub fn set_host_phase(&self, key: &str, phase: Option<Phase>) {
+        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        let old = match phase {
+            Some(p) => phases.insert(key.to_owned(), p),
+            None => phases.remove(key),
+        };
+        if old == phase {
+            return;
+        }
+        let gauge = |p: Phase| {
+            self.hosts.get_or_create(&PhaseLabels {
+                phase: p.label().into(),
+            })
+        };
+        if let Some(p) = old {
+            gauge(p).dec();
+        }
+        if let Some(p) = phase {
+            gauge(p).inc();
+        }
+    }
+
+    /// Hosts counted in `phase` (tests assert on it).
+    pub fn hosts_in(&self, phase: Phase) -> i64 {
+        self.hosts
+            .get_or_create(&PhaseLabels {
+                phase: phase.label().into(),
+            })
             .get()
     }
 
@@ -207,5 +269,24 @@ mod tests {
         }
         assert_eq!(m.reconciles("applied"), 1);
         assert_eq!(m.fleet_syncs(), 1);
+    }
+
+    #[test]
+    fn host_phases_are_a_gauge_per_phase() {
+        let m = Metrics::new();
+        assert!(m.encode().contains(r#"bootvolume_hosts{phase="stale"} 0"#));
+        m.set_host_phase("a/h1", Some(Phase::HandedOver));
+        m.set_host_phase("a/h2", Some(Phase::HandedOver));
+        m.set_host_phase("a/h1", Some(Phase::BootingFromVolume));
+        assert_eq!(m.hosts_in(Phase::HandedOver), 1);
+        assert_eq!(m.hosts_in(Phase::BootingFromVolume), 1);
+        m.set_host_phase("a/h2", None);
+        let text = m.encode();
+        for want in [
+            r#"bootvolume_hosts{phase="handed_over"} 0"#,
+            r#"bootvolume_hosts{phase="booting_from_volume"} 1"#,
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
     }
 }

@@ -366,7 +366,8 @@ impl fmt::Display for Blocked {
 /// The result of [`plan`]: writes to make now, and changes that must wait.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
-    /// Writes, in execution order (node first; deletes before creates).
+    /// Writes, in execution order: with `bootVolume`, target, connector, node, storage
+    /// interface; on removal, deletes, then the node. Deletes before creates.
     pub actions: Vec<Action>,
     /// Changes Ironic would refuse now.
     pub blocked: Vec<Blocked>,
@@ -426,10 +427,13 @@ pub fn plan(desired: Option<&Desired>, current: &Current) -> Plan {
     let perms = Permissions::of(&current.node);
     let mut out = Plan::default();
     match desired {
+        // The boot target first: creating volume objects needs no node lock, and a node
+        // with the target and `iscsi_boot` can already be adopted (baremetal-operator may
+        // adopt it any moment); the storage interface comes last, in its own PATCH.
         Some(d) => {
-            plan_node(Some(d), current, &perms, &mut out);
-            plan_connectors(d, current, &perms, &mut out);
             plan_targets(d, current, &perms, &mut out);
+            plan_connectors(d, current, &perms, &mut out);
+            plan_node(Some(d), current, &perms, &mut out);
         }
         None => plan_removal(current, &perms, &mut out),
     }
@@ -437,19 +441,28 @@ pub fn plan(desired: Option<&Desired>, current: &Current) -> Plan {
 }
 
 /// Node: storage interface, `iscsi_boot` capability, ownership marker.
+///
+/// The storage interface goes in a PATCH of its own: Ironic refuses it in some states
+/// (`adopt failed`, `active`) and would then refuse a combined PATCH whole, losing the
+/// capability that adoption needs. With `bootVolume` it is the last write; on removal the
+/// first node write (the marker goes last).
 fn plan_node(desired: Option<&Desired>, current: &Current, perms: &Permissions, out: &mut Plan) {
     let node = &current.node;
     let mut ops = Vec::new();
     let mut changes = Vec::new();
+    let mut interface_patch = None;
     let want_interface = desired.map_or(NOOP_STORAGE, |d| d.storage_interface.as_str());
     let have_interface = node.storage_interface.as_deref().unwrap_or(NOOP_STORAGE);
     if want_interface != have_interface {
         if perms.interface_change {
-            ops.push(PatchOp::Replace {
-                path: "/storage_interface".into(),
-                value: json!(want_interface),
+            interface_patch = Some(Action::PatchNode {
+                uuid: node.uuid.clone(),
+                ops: vec![PatchOp::Replace {
+                    path: "/storage_interface".into(),
+                    value: json!(want_interface),
+                }],
+                changes: vec![format!("storage_interface {have_interface} -> {want_interface}")],
             });
-            changes.push(format!("storage_interface {have_interface} -> {want_interface}"));
         } else {
             out.blocked.push(Blocked::InterfaceChangeNotAllowed {
                 from: have_interface.into(),
@@ -494,12 +507,15 @@ fn plan_node(desired: Option<&Desired>, current: &Current, perms: &Permissions, 
         }
         _ => {}
     }
-    if !ops.is_empty() {
-        out.actions.push(Action::PatchNode {
-            uuid: node.uuid.clone(),
-            ops,
-            changes,
-        });
+    let other = (!ops.is_empty()).then(|| Action::PatchNode {
+        uuid: node.uuid.clone(),
+        ops,
+        changes,
+    });
+    if desired.is_some() {
+        out.actions.extend(other.into_iter().chain(interface_patch));
+    } else {
+        out.actions.extend(interface_patch.into_iter().chain(other));
     }
 }
 

@@ -3,47 +3,69 @@
 //! A metal3 host object is mostly things we never read: `managedFields` (often half the
 //! object), `last-applied-configuration` and other annotations, labels, the BMC and
 //! hardware details in `spec`, and in `status` the hardware inventory, power and operation
-//! history. The reconciler reads `spec.bootVolume`, `status.provisioning.ID`,
-//! `status.operationalStatus` and `metadata.deletionTimestamp` only ([`super::apply::HostSpec`]),
-//! so [`trim_host`] drops the rest before the object enters the store, and
-//! [`fingerprint`] hashes exactly those parts, so a status update we do not read (BMO
-//! updates status often) triggers no pass.
+//! history. A pass reads only [`KEPT`], our own `bootvolume.metal3.io/` annotations, the
+//! generation and the deletion timestamp ([`super::apply::HostSpec`] and the handshake's
+//! host facts), so [`trim_host`] drops the rest before the object enters the store, and
+//! [`fingerprint`] hashes exactly those parts: a status update we do not read (BMO updates
+//! status often) triggers no pass.
 
 use kube::api::DynamicObject;
 use serde_json::{Map, Value};
 use std::hash::{Hash, Hasher};
 
-/// Keeps only what a pass reads (plus the name, namespace, UID and resourceVersion the
-/// store and Events need).
+/// The paths of the host's body a pass reads: configuration from `spec.bootVolume` and the
+/// node ID; the handshake from the provisioning fields, `online`, and BMO's error type.
+pub const KEPT: [&str; 9] = [
+    "/spec/bootVolume",
+    "/spec/externallyProvisioned",
+    "/spec/image",
+    "/spec/customDeploy",
+    "/spec/online",
+    "/status/provisioning/ID",
+    "/status/provisioning/state",
+    "/status/operationalStatus",
+    "/status/errorType",
+];
+
+/// The prefix of the annotations a pass reads (the handshake's opt-out and bookkeeping).
+pub const OUR_ANNOTATIONS: &str = "bootvolume.metal3.io/";
+
+/// Keeps only what a pass reads (plus the name, namespace, UID, generation and
+/// resourceVersion the store, the handshake and Events need).
 pub fn trim_host(obj: &mut DynamicObject) {
     let meta = &mut obj.metadata;
     meta.managed_fields = None;
-    meta.annotations = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k.starts_with(OUR_ANNOTATIONS));
+    }
     meta.labels = None;
     meta.owner_references = None;
     meta.finalizers = None;
     meta.generate_name = None;
     meta.creation_timestamp = None;
-    let pick = |from: &Value, path: &str| from.pointer(path).filter(|v| !v.is_null()).cloned();
-    let boot_volume = pick(&obj.data, "/spec/bootVolume");
-    let id = pick(&obj.data, "/status/provisioning/ID");
-    let operational = pick(&obj.data, "/status/operationalStatus");
-    let mut spec = Map::new();
-    spec.extend(boot_volume.map(|v| ("bootVolume".to_owned(), v)));
-    let mut status = Map::new();
-    if let Some(id) = id {
-        status.insert(
-            "provisioning".into(),
-            Value::Object(Map::from_iter([("ID".into(), id)])),
-        );
+    let mut data = Value::Object(Map::from_iter([("spec".to_owned(), Value::Object(Map::new()))]));
+    for path in KEPT {
+        if let Some(v) = obj.data.pointer_mut(path).filter(|v| !v.is_null()) {
+            insert(&mut data, path, v.take());
+        }
     }
-    status.extend(operational.map(|v| ("operationalStatus".to_owned(), v)));
-    let mut data = Map::new();
-    data.insert("spec".into(), Value::Object(spec));
-    if !status.is_empty() {
-        data.insert("status".into(), Value::Object(status));
+    obj.data = data;
+}
+
+/// Sets `path` (`/a/b/c`) in `root`, creating the objects on the way.
+fn insert(root: &mut Value, path: &str, value: Value) {
+    let mut at = root;
+    let mut keys = path[1..].split('/').peekable();
+    while let Some(key) = keys.next() {
+        let Value::Object(map) = at else { return };
+        if keys.peek().is_none() {
+            map.insert(key.to_owned(), value);
+            return;
+        }
+        at = map
+            .entry(key.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
     }
-    obj.data = Value::Object(data);
 }
 
 /// A hash of what a pass reads: equal fingerprints, no new pass.
@@ -51,11 +73,15 @@ pub fn fingerprint(obj: &DynamicObject) -> Option<u64> {
     // Fixed keys: the same object hashes the same on every call.
     let mut h = std::hash::DefaultHasher::new();
     obj.metadata.deletion_timestamp.is_some().hash(&mut h);
-    for path in [
-        "/spec/bootVolume",
-        "/status/provisioning/ID",
-        "/status/operationalStatus",
-    ] {
+    obj.metadata.generation.hash(&mut h);
+    if let Some(annotations) = &obj.metadata.annotations {
+        // A BTreeMap: iteration order is fixed.
+        annotations
+            .iter()
+            .filter(|(k, _)| k.starts_with(OUR_ANNOTATIONS))
+            .for_each(|kv| kv.hash(&mut h));
+    }
+    for path in KEPT {
         // serde_json's Map is ordered (BTreeMap), so equal values print equally.
         obj.data.pointer(path).map(Value::to_string).hash(&mut h);
     }
@@ -72,14 +98,17 @@ mod tests {
         serde_json::from_value(json!({
             "apiVersion": "metal3.io/v1alpha1", "kind": "BareMetalHost",
             "metadata": {"name": "h", "namespace": "ns", "uid": "u-1", "resourceVersion": "7",
-                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x".repeat(2000)},
+                "generation": 3,
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x".repeat(2000),
+                    "bootvolume.metal3.io/handed-over-generation": "3",
+                    "bootvolume.metal3.io/adopt-retry": "t-1"},
                 "labels": {"a": "b"}, "finalizers": ["baremetalhost.metal3.io"],
                 "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1",
                     "fieldsV1": {"f:spec": {}}}]},
-            "spec": {"online": true, "bmc": {"address": "redfish://x", "credentialsName": "bmc"},
+            "spec": {"online": true, "externallyProvisioned": true, "bmc": {"address": "redfish://x", "credentialsName": "bmc"},
                 "bootVolume": {"volumeId": "v", "volumeDriver": "cinder", "connectorId": "iqn.2004-10.com.example:h"}},
             "status": {"provisioning": {"ID": "node-1", "state": "provisioned"},
-                "operationalStatus": "OK", "hardware": {"cpu": {"count": 64}}, "poweredOn": true,
+                "operationalStatus": "OK", "errorType": "provisioned registration error", "hardware": {"cpu": {"count": 64}}, "poweredOn": true,
                 "lastUpdated": "2026-01-01T00:00:00Z"}
         }))
         .unwrap()
@@ -92,10 +121,19 @@ mod tests {
         trim_host(&mut trimmed);
         let read = |o: &DynamicObject| HostSpec::from_value(&serde_json::to_value(o).unwrap()).unwrap();
         assert_eq!(read(&trimmed), read(&full));
+        // The handshake reads the same facts from both.
+        let facts = |o: &DynamicObject| {
+            let raw = serde_json::to_value(o).unwrap();
+            crate::reconcile::host_api::host_facts(&raw, &Default::default())
+        };
+        assert_eq!(facts(&trimmed), facts(&full));
+        assert!(facts(&full).externally_provisioned && facts(&full).adoption_failure_recorded);
+        assert_eq!(facts(&full).handed_over_generation, Some(3));
         let before = serde_json::to_string(&full).unwrap().len();
         let after = serde_json::to_string(&trimmed).unwrap().len();
         assert!(after * 5 < before, "{after} of {before} bytes kept");
-        assert!(trimmed.metadata.managed_fields.is_none() && trimmed.metadata.annotations.is_none());
+        assert!(trimmed.metadata.managed_fields.is_none());
+        assert_eq!(trimmed.metadata.annotations.as_ref().map(|a| a.len()), Some(2));
         assert_eq!(trimmed.metadata.uid.as_deref(), Some("u-1"));
         assert!(trimmed.data.pointer("/status/hardware").is_none());
         // The store still keys it the same way.
@@ -142,6 +180,28 @@ mod tests {
                         .insert("k".into(), "v".into());
                 }),
                 false,
+            ),
+            (
+                "our annotation",
+                Box::new(|o: &mut DynamicObject| {
+                    o.metadata
+                        .annotations
+                        .get_or_insert_default()
+                        .insert("bootvolume.metal3.io/handoff".into(), "false".into());
+                }),
+                true,
+            ),
+            (
+                "provisioning state",
+                Box::new(|o: &mut DynamicObject| {
+                    o.data["status"]["provisioning"]["state"] = json!("externally provisioned")
+                }),
+                true,
+            ),
+            (
+                "adoption error cleared",
+                Box::new(|o: &mut DynamicObject| o.data["status"]["errorType"] = json!("")),
+                true,
             ),
             (
                 "bootVolume",

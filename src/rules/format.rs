@@ -16,7 +16,12 @@ pub const DNS1123_SUBDOMAIN_MAX: usize = 253;
 /// on the lower-cased name; callers warn about upper case separately. The length limit is
 /// the caller's to report (it is a different error type). Returns why the name is invalid.
 pub fn iscsi_name(name: &str) -> Result<(), &'static str> {
-    let lower = name.to_ascii_lowercase();
+    // Lower-case names (the usual case) are checked without a copy.
+    let lower: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.to_ascii_lowercase().into()
+    } else {
+        name.into()
+    };
     if let Some(rest) = lower.strip_prefix("iqn.") {
         iqn_body(rest)
     } else if let Some(hex) = lower.strip_prefix("eui.") {

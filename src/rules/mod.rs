@@ -50,8 +50,8 @@ pub fn validate(policy: &Policy, old: Option<&HostView>, new: &HostView) -> Verd
     if let Some(old) = old {
         transition::provisioning_lock(old, new, &mut verdict);
     }
-    if let (Some(raw), Some(bv)) = (new.boot_volume_raw, new.boot_volume.as_ref()) {
-        let schema_errors = schema::validate(raw, spec::BV);
+    if let Some(bv) = new.boot_volume.as_ref() {
+        let schema_errors = schema::check(bv, &new.boot_volume_shape);
         let mut rules = Verdict::default();
         spec::check(policy, new, bv, &mut rules);
         verdict.errors.extend(merge(schema_errors, rules.errors));

@@ -326,7 +326,8 @@ fn secret_name(rule: &'static str, field: &str, name: &str, out: &mut Verdict) {
     }
 }
 
-/// `bootVolume` is an alternative deploy source, and it needs an iPXE-capable BMC.
+/// `bootVolume` is an alternative deploy source (image and customDeploy would write a local
+/// disk), and it needs an iPXE-capable BMC.
 fn interplay(host: &HostView, out: &mut Verdict) {
     for conflict in ["image", "customDeploy"] {
         if host.spec(conflict).is_some() {
@@ -337,13 +338,8 @@ fn interplay(host: &HostView, out: &mut Verdict) {
             ));
         }
     }
-    if host.spec("externallyProvisioned").and_then(|v| v.as_bool()) == Some(true) {
-        out.errors.push(FieldError::forbidden(
-            "deploy-source",
-            BV,
-            "may not be set together with spec.externallyProvisioned: Ironic never deploys such a host",
-        ));
-    }
+    // `externallyProvisioned: true` is allowed: adoption is how a host without an image
+    // reaches `active` under baremetal-operator, and Ironic's adoption boots from the volume.
     if let Some(address) = host.bmc_address() {
         let scheme = address
             .split_once("://")
@@ -378,11 +374,7 @@ fn warnings(host: &HostView, out: &mut Verdict) {
             ));
         }
     }
-    if host
-        .spec("bootMACAddress")
-        .and_then(|v| v.as_str())
-        .is_none_or(str::is_empty)
-    {
+    if host.boot_mac_address().is_none_or(str::is_empty) {
         out.warnings
             .push("spec.bootMACAddress is empty: iPXE boot from volume needs a PXE-enabled port".to_owned());
     }

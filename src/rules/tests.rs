@@ -496,8 +496,16 @@ pub(super) fn create_cases() -> Vec<CreateCase> {
             vec![(BV, Forbidden)],
         ),
         (
-            "reject_externally_provisioned",
+            "accept_externally_provisioned",
             ext().set("/spec/externallyProvisioned", json!(true)),
+            p.clone(),
+            vec![],
+        ),
+        (
+            "reject_externally_provisioned_with_image",
+            ext()
+                .set("/spec/externallyProvisioned", json!(true))
+                .set("/spec/image", json!({"url": "u"})),
             p.clone(),
             vec![(BV, Forbidden)],
         ),
@@ -725,6 +733,23 @@ pub(super) fn update_cases() -> Vec<UpdateCase> {
             "reject_image_added",
             ext(),
             ext().set("/spec/image", json!({"url": "u"})),
+            vec![(BV, Forbidden)],
+        ),
+        (
+            "accept_hand_over_from_available",
+            ext().in_state("available"),
+            ext()
+                .in_state("available")
+                .set("/spec/externallyProvisioned", json!(true)),
+            vec![],
+        ),
+        (
+            "reject_hand_over_with_custom_deploy",
+            ext().in_state("available"),
+            ext()
+                .in_state("available")
+                .set("/spec/externallyProvisioned", json!(true))
+                .set("/spec/customDeploy", json!({"method": "x"})),
             vec![(BV, Forbidden)],
         ),
         (

@@ -155,17 +155,27 @@ fn kinds(p: &Plan) -> Vec<&'static str> {
 #[test]
 fn first_pass_configures_everything_with_integer_lun_and_credentials() {
     let p = plan(Some(&desired_external()), &node("enroll", None));
-    assert_eq!(kinds(&p), ["patch_node", "create_connector", "create_target"]);
-    let Action::PatchNode { ops, .. } = &p.actions[0] else {
-        unreachable!()
+    // Target first (adoption needs it), the storage interface alone and last.
+    assert_eq!(
+        kinds(&p),
+        ["create_target", "create_connector", "patch_node", "patch_node"]
+    );
+    let ops_of = |i: usize| {
+        let Action::PatchNode { ops, .. } = &p.actions[i] else {
+            unreachable!()
+        };
+        serde_json::to_value(ops).unwrap()
     };
     assert_eq!(
-        serde_json::to_value(ops).unwrap(),
+        ops_of(2),
         json!([
-            {"op": "replace", "path": "/storage_interface", "value": "external"},
             {"op": "add", "path": "/properties/capabilities", "value": "iscsi_boot:True"},
             {"op": "add", "path": "/extra/bootvolume_managed", "value": true},
         ])
+    );
+    assert_eq!(
+        ops_of(3),
+        json!([{"op": "replace", "path": "/storage_interface", "value": "external"}])
     );
     let Action::CreateConnector(c) = &p.actions[1] else {
         unreachable!()
@@ -174,7 +184,7 @@ fn first_pass_configures_everything_with_integer_lun_and_credentials() {
         (c.kind.as_str(), c.connector_id.as_str()),
         ("iqn", "iqn.2004-10.com.example:host-0")
     );
-    let Action::CreateTarget(t) = &p.actions[2] else {
+    let Action::CreateTarget(t) = &p.actions[0] else {
         unreachable!()
     };
     assert_eq!(
@@ -384,11 +394,12 @@ fn extra_targets_and_foreign_boot_target_are_replaced() {
     assert_eq!(
         kinds(&p),
         [
-            "patch_node",
+            "delete_target",
+            "delete_target",
+            "create_target",
             "create_connector",
-            "delete_target",
-            "delete_target",
-            "create_target"
+            "patch_node",
+            "patch_node"
         ]
     );
     converge(Some(&desired_external()), &start);
@@ -402,8 +413,8 @@ fn interface_change_is_refused_while_active_but_not_in_maintenance() {
         matches!(&p.blocked[..], [Blocked::InterfaceChangeNotAllowed { provision_state, .. }] if provision_state == "active")
     );
     // Capabilities and creates still happen (allowed in active).
-    assert_eq!(kinds(&p), ["patch_node", "create_connector", "create_target"]);
-    let Action::PatchNode { ops, .. } = &p.actions[0] else {
+    assert_eq!(kinds(&p), ["create_target", "create_connector", "patch_node"]);
+    let Action::PatchNode { ops, .. } = &p.actions[2] else {
         unreachable!()
     };
     assert!(ops.iter().all(|o| o.path() != "/storage_interface"));
@@ -423,7 +434,17 @@ fn removal_undoes_only_our_own_work() {
     });
     let configured = converge(Some(&desired_external()), &start);
     let p = plan(None, &configured);
-    assert_eq!(kinds(&p), ["delete_target", "delete_connector", "patch_node"]);
+    assert_eq!(
+        kinds(&p),
+        ["delete_target", "delete_connector", "patch_node", "patch_node"]
+    );
+    let Action::PatchNode { ops, .. } = &p.actions[3] else {
+        unreachable!()
+    };
+    assert!(
+        ops.iter().any(|o| o.path() == "/extra/bootvolume_managed"),
+        "the marker goes in the last write"
+    );
     let done = converge(None, &configured);
     assert_eq!(done.node.storage_interface.as_deref(), Some("noop"));
     assert_eq!(done.node.capabilities(), "");
@@ -574,7 +595,7 @@ fn descriptions_never_show_the_password() {
         assert!(!text.contains(PW) && !text.contains("r0tated-pw"), "{text}");
     }
     assert!(
-        plans[0].actions[2]
+        plans[0].actions[0]
             .to_string()
             .contains("auth_password=<redacted>")
     );
