@@ -117,7 +117,7 @@ async fn fleet_sync_repairs_a_deleted_target_ignores_foreign_nodes_and_is_read_o
     }
 
     // Startup: one snapshot, then a pass per host. The plain host costs no Ironic call.
-    fleet::refresh(&proxied_client(&proxy.url, 4), ctx.fleet())
+    fleet::refresh(&proxied_client(&proxy.url, 4), ctx.fleet(), &[])
         .await
         .expect("snapshot");
     proxy.reset_counts();

@@ -3,8 +3,8 @@
 //! Ironic's API is one Python process next to its conductor: a cold start of thousands of
 //! hosts, each a few requests, would otherwise queue hundreds of requests there at once.
 //! Every request holds one permit of a shared semaphore while it is sent and its body read.
-//! A 503 (overloaded, restarting behind a load balancer), a 429 or a "node locked" 409 makes
-//! the request keep its permit for a growing pause (100 ms doubling to 5 s, or `Retry-After`
+//! A 503 (overloaded, restarting behind a load balancer) or a 429 makes the request keep its
+//! permit for a growing pause (100 ms doubling to 5 s, or `Retry-After`
 //! when Ironic gives one, capped at 30 s), so a busy Ironic sees fewer requests, not more;
 //! any other answer resets the pause. The caller still gets the error and retries on its own
 //! schedule (the reconciler's per-host backoff).
@@ -38,7 +38,7 @@ pub(crate) struct Limiter {
 /// What an answer means for the pace of the next requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Answer {
-    /// Ironic is busy (503, 429, node locked 409): pause, optionally as long as it asked.
+    /// Ironic is busy (503, 429): pause, optionally as long as it asked.
     Busy(Option<Duration>),
     /// Anything else.
     Normal,
@@ -92,13 +92,14 @@ fn pause(streak: u32, asked: Option<Duration>) -> Duration {
 }
 
 /// Classifies a response: `retry_after` is the raw `Retry-After` header (seconds form only).
-pub(crate) fn classify(status: u16, body: &str, retry_after: Option<&str>) -> Answer {
+pub(crate) fn classify(status: u16, retry_after: Option<&str>) -> Answer {
     let asked = retry_after
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
     match status {
         503 | 429 => Answer::Busy(asked),
-        409 if body.contains("is locked by") => Answer::Busy(asked),
+        // A node lock is one node's short task, not a busy Ironic: `retry_locked` retries
+        // that node's write every 200 ms while other nodes proceed at full pace.
         _ => Answer::Normal,
     }
 }
@@ -131,14 +132,14 @@ mod tests {
             (503, "", None, Answer::Busy(None)),
             (429, "", Some("2"), Answer::Busy(Some(Duration::from_secs(2)))),
             (503, "", Some("Wed, 21 Oct 2015 07:28:00 GMT"), Answer::Busy(None)),
-            (409, "Node x is locked by host y", None, Answer::Busy(None)),
+            (409, "Node x is locked by host y", None, Answer::Normal),
             (409, "already exists", None, Answer::Normal),
             (500, "", None, Answer::Normal),
             (200, "", None, Answer::Normal),
             (404, "", None, Answer::Normal),
         ];
         for (status, body, retry, want) in cases {
-            assert_eq!(classify(status, body, retry), want, "{status} {body}");
+            assert_eq!(classify(status, retry), want, "{status} {body}");
         }
     }
 

@@ -431,7 +431,7 @@ impl IronicClient {
         let text = resp.text().await.map_err(|e| self.transport(&e))?;
         let pause = self
             .limiter
-            .pause_after(limit::classify(status.as_u16(), &text, retry_after.as_deref()));
+            .pause_after(limit::classify(status.as_u16(), retry_after.as_deref()));
         if !pause.is_zero() {
             tracing::debug!(status = status.as_u16(), ?pause, "Ironic is busy; slowing down");
             tokio::time::sleep(pause).await;

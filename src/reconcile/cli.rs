@@ -41,7 +41,7 @@ pub struct IronicArgs {
     #[arg(long, default_value_t = 30, env = "BOOTVOLUME_IRONIC_TIMEOUT")]
     pub ironic_timeout: u64,
     /// Ironic requests in flight at once (a cold start of thousands of hosts must not
-    /// flood Ironic); a 503 or a locked-node 409 also slows the next requests down.
+    /// flood Ironic); a 503 or 429 also slows the next requests down.
     #[arg(long, default_value_t = crate::ironic::DEFAULT_MAX_IN_FLIGHT, value_parser = clap::value_parser!(usize), env = "BOOTVOLUME_IRONIC_MAX_IN_FLIGHT")]
     pub ironic_max_in_flight: usize,
 }

@@ -409,7 +409,7 @@ pub async fn run_controller(
     // A stop during it ends the controller at once: nothing has started yet.
     let stop = stop.shared();
     tokio::select! {
-        snapshot = fleet::refresh(&ctx.ironic, &ctx.fleet) => match snapshot {
+        snapshot = fleet::refresh(&ctx.ironic, &ctx.fleet, &[]) => match snapshot {
             Ok((pages, nodes)) => tracing::info!(pages, nodes, "fleet snapshot"),
             Err(e) => tracing::warn!(error = %e, "fleet snapshot failed; passes read nodes one by one"),
         },

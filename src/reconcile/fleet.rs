@@ -351,9 +351,20 @@ fn key(host: &HostSpec) -> String {
 }
 
 /// Lists the whole fleet and installs the snapshot; returns the pages read and nodes seen.
-pub async fn refresh(client: &IronicClient, state: &FleetState) -> Result<(usize, usize), ironic::Error> {
+///
+/// With `hosts` (the informer cache's), node pages stop once every host's node has been
+/// seen: nodes no host names cannot change a verdict. Connectors and targets are always read
+/// in full (a host may have none, so there is nothing to wait for).
+pub async fn refresh(
+    client: &IronicClient,
+    state: &FleetState,
+    hosts: &[HostSpec],
+) -> Result<(usize, usize), ironic::Error> {
     let started = Instant::now();
-    let nodes = client.list_all_nodes(PAGE_SIZE).await?;
+    let mut unseen = Unseen::new(hosts);
+    let nodes = client
+        .list_nodes_until(PAGE_SIZE, |page| unseen.saw(page))
+        .await?;
     let connectors = client.list_all_connectors(PAGE_SIZE).await?;
     let targets = client.list_all_targets(PAGE_SIZE).await?;
     let pages = nodes.pages + connectors.pages + targets.pages;
@@ -363,6 +374,48 @@ pub async fn refresh(client: &IronicClient, state: &FleetState) -> Result<(usize
     let count = index.len();
     state.install(index, started);
     Ok((pages, count))
+}
+
+/// The hosts whose node a listing has not shown yet, by node ID and by node name.
+struct Unseen {
+    /// Node ident (ID or `<namespace>~<name>`) -> host index.
+    idents: HashMap<String, usize>,
+    found: Vec<bool>,
+    left: usize,
+}
+
+impl Unseen {
+    fn new(hosts: &[HostSpec]) -> Self {
+        let mut idents = HashMap::with_capacity(hosts.len() * 2);
+        for (i, host) in hosts.iter().enumerate() {
+            idents.insert(host.node_name(), i);
+            if let Some(id) = &host.node_id {
+                idents.insert(id.clone(), i);
+            }
+        }
+        Self {
+            idents,
+            found: vec![false; hosts.len()],
+            left: hosts.len(),
+        }
+    }
+
+    /// Marks the hosts whose node is in `page`; true once none is left (never without hosts).
+    fn saw(&mut self, page: &[Node]) -> bool {
+        if self.found.is_empty() {
+            return false;
+        }
+        for node in page {
+            for ident in std::iter::once(&node.uuid).chain(node.name.as_ref()) {
+                if let Some(&i) = self.idents.get(ident)
+                    && !std::mem::replace(&mut self.found[i], true)
+                {
+                    self.left -= 1;
+                }
+            }
+        }
+        self.left == 0
+    }
 }
 
 /// Where a sync sends the hosts it finds out of sync: the controller's `reconcile_on`.
@@ -376,25 +429,27 @@ pub async fn sync_once(
     resource: &ApiResource,
     trigger: &mut Trigger,
 ) -> Result<SyncReport, ironic::Error> {
-    let (pages, nodes) = refresh(client, state).await?;
+    let (specs, objs): (Vec<HostSpec>, Vec<_>) = store
+        .state()
+        .into_iter()
+        .filter_map(|obj| {
+            let raw = serde_json::to_value(obj.as_ref()).ok()?;
+            Some((HostSpec::from_value(&raw).ok()?, obj))
+        })
+        .unzip();
+    let (pages, nodes) = refresh(client, state, &specs).await?;
     let mut report = SyncReport {
         pages,
         nodes,
         ..Default::default()
     };
-    for obj in store.state() {
-        let Ok(raw) = serde_json::to_value(obj.as_ref()) else {
-            continue;
-        };
-        let Ok(host) = HostSpec::from_value(&raw) else {
-            continue;
-        };
+    for (host, obj) in specs.iter().zip(objs) {
         report.hosts += 1;
-        if !state.verdict(&host).is_some_and(|v| v.needs_pass()) {
+        if !state.verdict(host).is_some_and(|v| v.needs_pass()) {
             continue;
         }
         report.out_of_sync += 1;
-        tracing::debug!(host = %key(&host), "fleet sync: out of sync");
+        tracing::debug!(host = %key(host), "fleet sync: out of sync");
         // The controller gone (shutdown) is not an error of the sync.
         if trigger
             .send(ObjectRef::from_obj_with(obj.as_ref(), resource.clone()))
@@ -539,6 +594,31 @@ mod tests {
         }
         assert!(plan::plan(Some(&d), &current).is_empty(), "simulation converged");
         FleetIndex::new(vec![current.node], current.connectors, current.targets)
+    }
+
+    #[test]
+    fn node_pages_stop_once_every_host_is_seen() {
+        let node = |uuid: &str, name: &str| Node {
+            uuid: uuid.into(),
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        let by_name = host(false, None);
+        let mut by_id = host(true, Some(UUID));
+        by_id.name = "other".into();
+        let mut unseen = Unseen::new(&[by_name.clone(), by_id]);
+        assert!(
+            !unseen.saw(&[node("x", "ns~foreign"), node("y", "ns~h")]),
+            "by ID still unseen"
+        );
+        // Seeing the same host again does not count twice.
+        assert!(!unseen.saw(&[node("y", "ns~h")]));
+        assert!(unseen.saw(&[node(UUID, "renamed")]), "found by ID, not by name");
+        // Without hosts (the first snapshot, before the cache is filled) every page is read.
+        assert!(!Unseen::new(&[]).saw(&[node("x", "ns~h")]));
+        // A host whose node is missing keeps the listing going to the end.
+        let mut one = Unseen::new(&[by_name]);
+        assert!(!one.saw(&[node("x", "ns~foreign")]));
     }
 
     #[test]
