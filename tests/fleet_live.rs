@@ -140,15 +140,7 @@ async fn fleet_sync_repairs_a_deleted_target_ignores_foreign_nodes_and_is_read_o
     let (tx, mut rx) = futures::channel::mpsc::channel(16);
     let mut trigger = tx.clone();
     proxy.reset_counts();
-    let report = fleet::sync_once(
-        &ctx_client(&proxy),
-        ctx.fleet(),
-        &store,
-        &host_resource(),
-        &mut trigger,
-    )
-    .await
-    .expect("sync");
+    let report = sync(&proxy, &ctx, &store, &mut trigger).await;
     assert_eq!((report.hosts, report.out_of_sync), (2, 0), "{report:?}");
     let seen = proxy.seen();
     assert!(
@@ -169,15 +161,7 @@ async fn fleet_sync_repairs_a_deleted_target_ignores_foreign_nodes_and_is_read_o
     c.send_empty(Method::DELETE, &format!("/v1/volume/targets/{}", target.uuid))
         .await
         .expect("delete target");
-    let report = fleet::sync_once(
-        &ctx_client(&proxy),
-        ctx.fleet(),
-        &store,
-        &host_resource(),
-        &mut trigger,
-    )
-    .await
-    .expect("sync");
+    let report = sync(&proxy, &ctx, &store, &mut trigger).await;
     assert_eq!(report.out_of_sync, 1, "{report:?}");
     let queued = rx.next().await.expect("a host queued");
     assert_eq!(
@@ -189,16 +173,20 @@ async fn fleet_sync_repairs_a_deleted_target_ignores_foreign_nodes_and_is_read_o
         .await
         .expect("repair pass");
     assert_eq!(volumes(&c, &ours_uuid).await.1.len(), 1, "target recreated");
-    let report = fleet::sync_once(
-        &ctx_client(&proxy),
-        ctx.fleet(),
-        &store,
-        &host_resource(),
-        &mut trigger,
-    )
-    .await
-    .expect("sync");
+    let report = sync(&proxy, &ctx, &store, &mut trigger).await;
     assert_eq!(report.out_of_sync, 0, "{report:?}");
+}
+
+/// One fleet sync through the proxy, as the controller's periodic task runs it.
+async fn sync(
+    proxy: &FaultProxy,
+    ctx: &controller::Context,
+    store: &reflector::Store<DynamicObject>,
+    trigger: &mut fleet::Trigger,
+) -> fleet::SyncReport {
+    fleet::sync_once(&ctx_client(proxy), ctx.fleet(), store, &host_resource(), trigger)
+        .await
+        .expect("sync")
 }
 
 fn ctx_client(proxy: &FaultProxy) -> IronicClient {

@@ -143,6 +143,14 @@ mod tests {
 
     #[test]
     fn only_changes_a_pass_reads_change_the_fingerprint() {
+        let annotate = |k: &'static str, v: &'static str| -> Box<dyn Fn(&mut DynamicObject)> {
+            Box::new(move |o: &mut DynamicObject| {
+                o.metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(k.into(), v.into());
+            })
+        };
         let base = full_host();
         let fp = |f: &dyn Fn(&mut DynamicObject)| {
             let mut o = base.clone();
@@ -171,24 +179,10 @@ mod tests {
                 Box::new(|o: &mut DynamicObject| o.data["status"]["lastUpdated"] = json!("later")),
                 false,
             ),
-            (
-                "annotation",
-                Box::new(|o: &mut DynamicObject| {
-                    o.metadata
-                        .annotations
-                        .get_or_insert_default()
-                        .insert("k".into(), "v".into());
-                }),
-                false,
-            ),
+            ("annotation", annotate("k", "v"), false),
             (
                 "our annotation",
-                Box::new(|o: &mut DynamicObject| {
-                    o.metadata
-                        .annotations
-                        .get_or_insert_default()
-                        .insert("bootvolume.metal3.io/handoff".into(), "false".into());
-                }),
+                annotate("bootvolume.metal3.io/handoff", "false"),
                 true,
             ),
             (
