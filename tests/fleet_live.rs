@@ -243,3 +243,23 @@ async fn the_in_flight_cap_holds_and_busy_answers_slow_the_client_down() {
     );
     assert_eq!(proxy.peak_in_flight(), 1);
 }
+
+/// A page of a thousand rows is slow on a busy Ironic: list pages get four times the
+/// client's per-request timeout, single-object reads keep it.
+#[tokio::test]
+async fn list_pages_get_a_longer_deadline_than_single_reads() {
+    let proxy = FaultProxy::start(&ironic().url).await;
+    let slow = Fault::SlowRequest(Duration::from_millis(1500));
+    proxy.add(Rule::new(slow).method("GET").path("/v1/nodes").times(2));
+    let client = IronicClient::new(ClientConfig::new(&proxy.url, Duration::from_secs(1))).expect("client");
+    let listing = client
+        .list_all_nodes(bootvolume::ironic::list::PAGE_SIZE)
+        .await
+        .expect("a list page held 1.5 s is within 4 x 1 s");
+    assert!(listing.pages >= 1);
+    let err = client
+        .get_node("00000000-0000-0000-0000-000000000000")
+        .await
+        .expect_err("a node read held 1.5 s is past 1 s");
+    assert_eq!(err.label(), "unreachable", "{err}");
+}

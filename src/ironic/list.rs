@@ -14,6 +14,10 @@ use serde::{Deserialize, de::DeserializeOwned};
 pub const PAGE_SIZE: usize = 1000;
 /// Bound on pages per list (10 million rows at the default page size).
 const MAX_PAGES: usize = 10_000;
+/// A page of a thousand rows takes a busy Ironic far longer than one node: it gets this many
+/// times the client's per-request timeout. (At 5,000 nodes, with Ironic's one core saturated
+/// by writes, node pages took over 30 s and every fleet sync failed.)
+const PAGE_TIMEOUT_FACTOR: u32 = 4;
 
 /// One page of a list: the rows (under the collection's key) and whether more follow.
 #[derive(Deserialize)]
@@ -98,7 +102,15 @@ impl IronicClient {
         let mut marker: Option<String> = None;
         while out.pages < MAX_PAGES {
             let path = page_path(first, limit, marker.as_deref());
-            let page: Page<T> = self.send(Method::GET, &path, None::<&()>).await?;
+            let text = self
+                .raw_within(
+                    Method::GET,
+                    &path,
+                    None::<&()>,
+                    Some(self.timeout.saturating_mul(PAGE_TIMEOUT_FACTOR)),
+                )
+                .await?;
+            let page: Page<T> = super::decode(&path, &text)?;
             out.pages += 1;
             let more = page.next.is_some_and(|n| !n.is_empty()) && !page.items.is_empty();
             marker = page.items.last().map(|t| t.uuid().to_owned());

@@ -182,6 +182,7 @@ pub struct IronicClient {
     calls: Arc<CallCounts>,
     observer: Option<RequestObserver>,
     limiter: Arc<limit::Limiter>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for IronicClient {
@@ -227,6 +228,7 @@ impl IronicClient {
             calls: Arc::default(),
             observer: None,
             limiter: limit::Limiter::new(config.max_in_flight),
+            timeout: config.timeout,
         })
     }
 
@@ -373,9 +375,7 @@ impl IronicClient {
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<T, Error> {
         let text = self.raw(method, path, body).await?;
-        serde_json::from_str(&text).map_err(|e| Error::Decode {
-            message: format!("{path}: {e}"),
-        })
+        decode(path, &text)
     }
 
     /// A request whose successful response has no body we need (DELETE: 204, state PUT: 202).
@@ -399,6 +399,17 @@ impl IronicClient {
         path: &str,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<String, Error> {
+        self.raw_within(method, path, body, None).await
+    }
+
+    /// [`Self::raw`] with its own deadline instead of the client's (`None`: the client's).
+    async fn raw_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+        timeout: Option<Duration>,
+    ) -> Result<String, Error> {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
@@ -409,6 +420,9 @@ impl IronicClient {
         }
         if let Some(body) = body {
             req = req.json(body);
+        }
+        if let Some(timeout) = timeout {
+            req = req.timeout(timeout);
         }
         let permit = self.limiter.acquire().await;
         self.calls.record(&method);
@@ -485,6 +499,13 @@ where
             other => return other,
         }
     }
+}
+
+/// Decodes the body Ironic answered for `path` (the path names the failure).
+fn decode<T: DeserializeOwned>(path: &str, text: &str) -> Result<T, Error> {
+    serde_json::from_str(text).map_err(|e| Error::Decode {
+        message: format!("{path}: {e}"),
+    })
 }
 
 /// `http://h:6385/v1/` -> `http://h:6385`.
