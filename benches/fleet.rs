@@ -370,27 +370,38 @@ async fn one(n: usize) -> Row {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let metrics_url = format!("http://{metrics_addr}");
     let start = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_bootvolume"))
-        .args(["reconcile", "--ironic-url", &ironic.url, "--leader-elect=false"])
-        .args([
-            "--metrics-listen",
-            &metrics_addr,
-            "--resync-interval",
-            &RESYNC_SECS.to_string(),
-        ])
-        .args(["--concurrency", "16", "--log-level", "warn"])
-        // Configuration and fleet sync only: with no baremetal-operator here to adopt, a
-        // handed-over host would stay in its hand-over phase and be re-checked per host.
-        // The hand-over's own cost per host is measured in tests/adoption_live.rs.
-        .arg("--handoff=false")
-        .env("KUBECONFIG", &kubeconfig)
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the controller");
+    // BENCH_CONTROLLER_WRAP="heaptrack -o /tmp/fleet" runs the controller under a profiler
+    // (then the RSS columns are the wrapper's).
+    let wrap = std::env::var("BENCH_CONTROLLER_WRAP").unwrap_or_default();
+    let mut wrap = wrap.split_whitespace();
+    let child = match wrap.next() {
+        Some(tool) => {
+            let mut c = Command::new(tool);
+            c.args(wrap).arg(env!("CARGO_BIN_EXE_bootvolume"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_bootvolume")),
+    }
+    .args(["reconcile", "--ironic-url", &ironic.url, "--leader-elect=false"])
+    .args([
+        "--metrics-listen",
+        &metrics_addr,
+        "--resync-interval",
+        &RESYNC_SECS.to_string(),
+    ])
+    .args(["--concurrency", "16", "--log-level", "warn"])
+    // Configuration and fleet sync only: with no baremetal-operator here to adopt, a
+    // handed-over host would stay in its hand-over phase and be re-checked per host.
+    // The hand-over's own cost per host is measured in tests/adoption_live.rs.
+    .arg("--handoff=false")
+    .env("KUBECONFIG", &kubeconfig)
+    .env(
+        "RUST_LOG",
+        std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("start the controller");
     let pid = child.id();
     let _controller = Controller(child);
 

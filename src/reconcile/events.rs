@@ -22,7 +22,11 @@ use kube::{
     Api, Client,
     api::{Patch, PatchParams, PostParams},
 };
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    hash::{Hash as _, Hasher as _},
+    sync::Mutex,
+};
 
 /// Longest event note we send (the API limit is 1 kB).
 pub const MAX_NOTE: usize = 1000;
@@ -150,27 +154,14 @@ pub fn truncate(s: String) -> String {
 pub const SERIES_TTL: SignedDuration = SignedDuration::from_mins(6);
 
 /// What makes two Events "the same" (one series): everything kube's recorder uses, plus the
-/// note. The reporter is the recorder's own.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct SeriesKey {
-    type_: &'static str,
-    reason: String,
-    action: String,
-    note: Option<String>,
-    regarding: [Option<String>; 5],
-}
-
-impl SeriesKey {
-    fn new(ev: &Event, regarding: &ObjectReference) -> Self {
-        let r = regarding.clone();
-        Self {
-            type_: type_name(ev.type_),
-            reason: ev.reason.clone(),
-            action: ev.action.clone(),
-            note: ev.note.clone(),
-            regarding: [r.api_version, r.kind, r.namespace, r.name, r.uid],
-        }
-    }
+/// note. The reporter is the recorder's own. Kept as a 64-bit hash: an open series costs a
+/// few dozen bytes, not a copy of its note and Event.
+fn series_key(ev: &Event, regarding: &ObjectReference) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (type_name(ev.type_), &ev.reason, &ev.action, &ev.note).hash(&mut h);
+    let r = regarding;
+    (&r.api_version, &r.kind, &r.namespace, &r.name, &r.uid).hash(&mut h);
+    h.finish()
 }
 
 fn type_name(t: EventType) -> &'static str {
@@ -180,35 +171,56 @@ fn type_name(t: EventType) -> &'static str {
     }
 }
 
-/// Open series: the Event last sent for each key.
-#[derive(Default)]
-struct Series(HashMap<SeriesKey, K8sEvent>);
-
-impl Series {
-    /// The Event to send for `key` at `now`: the open series' next occurrence (`series` set:
-    /// a PATCH), or `fresh` (a POST). Drops series older than [`SERIES_TTL`].
-    fn next(&mut self, key: &SeriesKey, now: Timestamp, fresh: impl FnOnce() -> K8sEvent) -> K8sEvent {
-        self.0
-            .retain(|_, e| last_seen(e).is_none_or(|t| t + SERIES_TTL > now));
-        match self.0.get(key) {
-            Some(open) => {
-                let mut e = open.clone();
-                e.series = Some(EventSeries {
-                    count: open.series.as_ref().map_or(2, |s| s.count + 1),
-                    last_observed_time: MicroTime(now),
-                });
-                e
-            }
-            None => fresh(),
-        }
-    }
+/// An open series: when its Event was created (which also names it), how many times it
+/// happened, and when last.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Open {
+    first: Timestamp,
+    count: i32,
+    last: Timestamp,
 }
 
-fn last_seen(e: &K8sEvent) -> Option<Timestamp> {
-    e.series
-        .as_ref()
-        .map(|s| s.last_observed_time.0)
-        .or(e.event_time.as_ref().map(|t| t.0))
+/// Open series by [`series_key`].
+#[derive(Default)]
+struct Series {
+    open: HashMap<u64, Open>,
+    /// When series older than [`SERIES_TTL`] were last dropped.
+    pruned: Option<Timestamp>,
+}
+
+/// How often expired series are dropped: a sweep visits every open series, so doing it on
+/// every Event would make a fleet's worth of Events cost quadratic time.
+const PRUNE_EVERY: SignedDuration = SignedDuration::from_mins(1);
+
+impl Series {
+    /// What to send for `key` at `now`: `(event time, Some(count))` continues the open series
+    /// (a PATCH of the Event created at that time), `(now, None)` starts one (a POST). An
+    /// expired series (older than [`SERIES_TTL`]) is never continued, and dropped within
+    /// [`PRUNE_EVERY`].
+    fn next(&mut self, key: u64, now: Timestamp) -> (Timestamp, Option<i32>) {
+        let alive = |o: &Open| o.last + SERIES_TTL > now;
+        if self.pruned.is_none_or(|t| t + PRUNE_EVERY <= now) {
+            self.open.retain(|_, o| alive(o));
+            self.pruned = Some(now);
+        }
+        match self.open.get(&key).filter(|o| alive(o)) {
+            Some(o) => (o.first, Some(o.count + 1)),
+            None => (now, None),
+        }
+    }
+
+    /// Records what was sent (`count`: `None` for a new Event).
+    fn sent(&mut self, key: u64, first: Timestamp, count: Option<i32>, now: Timestamp) {
+        let count = count.unwrap_or(1);
+        self.open.insert(
+            key,
+            Open {
+                first,
+                count,
+                last: now,
+            },
+        );
+    }
 }
 
 /// Publishes `events.k8s.io/v1` Events, folding identical repeats into a series.
@@ -231,30 +243,37 @@ impl Recorder {
     /// Sends `ev` about `regarding`: a new Event, or the next occurrence of its open series.
     pub async fn publish(&self, ev: &Event, regarding: &ObjectReference) -> Result<(), kube::Error> {
         let now = Timestamp::now();
-        let key = SeriesKey::new(ev, regarding);
-        let event = self
+        let key = series_key(ev, regarding);
+        let (first, count) = self
             .series
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .next(&key, now, || self.fresh(ev, regarding, now));
+            .next(key, now);
+        // A repeat is the same Event (same name, same eventTime) with its series moved on.
+        let mut event = self.fresh(ev, regarding, first);
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace);
-        let sent = match (&event.series, &event.metadata.name) {
-            (Some(_), Some(name)) => api
-                .patch(name, &PatchParams::default(), &Patch::Merge(&event))
-                .await
-                .map(drop),
+        let sent = match (count, &event.metadata.name) {
+            (Some(count), Some(name)) => {
+                event.series = Some(EventSeries {
+                    count,
+                    last_observed_time: MicroTime(now),
+                });
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&event))
+                    .await
+                    .map(drop)
+            }
             _ => api.create(&PostParams::default(), &event).await.map(drop),
         };
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
         match sent {
             Ok(()) => {
-                series.0.insert(key, event);
+                series.sent(key, first, count, now);
                 Ok(())
             }
             // E.g. the Event was deleted meanwhile: the next occurrence starts a new one.
             Err(e) => {
-                series.0.remove(&key);
+                series.open.remove(&key);
                 Err(e)
             }
         }
@@ -449,36 +468,29 @@ mod tests {
             namespace: Some("a".into()),
             ..Default::default()
         };
-        let fresh = |note: &str, at: Timestamp| K8sEvent {
-            note: Some(note.into()),
-            event_time: Some(MicroTime(at)),
-            ..Default::default()
-        };
         let t0 = Timestamp::UNIX_EPOCH;
+        let min = |m: i64| t0 + SignedDuration::from_mins(m);
         let mut series = Series::default();
         let mut send = |note: &str, at: Timestamp| {
-            let key = SeriesKey::new(&ev(note), &host);
-            let e = series.next(&key, at, || fresh(note, at));
-            series.0.insert(key, e.clone());
-            (e.note.unwrap(), e.series.map(|s| s.count))
+            let key = series_key(&ev(note), &host);
+            let (first, count) = series.next(key, at);
+            series.sent(key, first, count, at);
+            (first, count)
         };
-        let min = |m: i64| t0 + SignedDuration::from_mins(m);
-        assert_eq!(send("one", t0), ("one".into(), None));
+        assert_eq!(send("one", t0), (t0, None));
         assert_eq!(
             send("one", min(1)),
-            ("one".into(), Some(2)),
-            "a repeat is counted"
+            (t0, Some(2)),
+            "a repeat continues the Event of t0"
         );
-        assert_eq!(
-            send("two", min(2)),
-            ("two".into(), None),
-            "a new note is a new Event"
-        );
-        assert_eq!(send("one", min(3)), ("one".into(), Some(3)));
-        assert_eq!(
-            send("one", min(10)),
-            ("one".into(), None),
-            "an old series is closed"
-        );
+        assert_eq!(send("two", min(2)), (min(2), None), "a new note is a new Event");
+        assert_eq!(send("one", min(3)), (t0, Some(3)));
+        assert_eq!(send("one", min(10)), (min(10), None), "an old series is closed");
+        assert_eq!(series.open.len(), 1, "the expired \"two\" series was dropped");
+        let other = ObjectReference {
+            name: Some("h2".into()),
+            ..host.clone()
+        };
+        assert_ne!(series_key(&ev("one"), &host), series_key(&ev("one"), &other));
     }
 }
