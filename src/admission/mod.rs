@@ -298,13 +298,9 @@ pub fn admit(policy: &Policy, webhook: Webhook, req: &Request) -> Outcome {
             }
         }
         Webhook::Mutate => {
-            let ops = mutate::patch(policy, &req.user_info.username, old.as_ref(), &new);
-            if ops.is_empty() {
+            let Some(json) = mutate::patch_json(policy, &req.user_info.username, old.as_ref(), &new) else {
                 return allow(req, Vec::new());
-            }
-            // A Vec of patch operations always serializes.
-            let mut json = Vec::with_capacity(512);
-            let _ = serde_json::to_writer(&mut json, &ops);
+            };
             let mut outcome = allow(req, Vec::new());
             outcome.decision = Decision::Mutated;
             outcome.response.patch_type = Some("JSONPatch".to_owned());
@@ -381,3 +377,4 @@ fn deny(req: &Request, verdict: Verdict) -> Outcome {
         violations,
     }
 }
+
