@@ -4,7 +4,7 @@
 //! API server's own limit), non-JSON and non-AdmissionReview bodies get a 400/413 with a
 //! Kubernetes `Status` JSON body saying what is wrong.
 
-use super::{Review, ReviewResponse, Webhook, admit};
+use super::{Review, Webhook, admit};
 use crate::{
     audit::{self, AuditLog},
     metrics::{Metrics, RequestLabels, WebhookLabels},
@@ -216,17 +216,14 @@ async fn handle(state: &AppState, webhook: Webhook, headers: HeaderMap, body: Bo
         violations: &outcome.violations,
         duration_us: elapsed.as_micros() as u64,
     });
-    encode(&ReviewResponse::from(outcome.response))
+    encode(&outcome.response)
 }
 
 /// The answer as JSON, written into one buffer sized for a typical review.
-fn encode(review: &ReviewResponse) -> Response {
-    let mut body = Vec::with_capacity(512);
-    match serde_json::to_writer(&mut body, review) {
-        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        // Our own response types always serialize.
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+fn encode(response: &super::Response) -> Response {
+    let mut body = Vec::with_capacity(512 + response.patch.as_ref().map_or(0, String::len));
+    response.write_review(&mut body);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn validate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
