@@ -160,15 +160,11 @@ pub fn parse(bytes: &[u8]) -> Result<Review<'_>, DecodeError> {
 
 /// Answers a request that is not an AdmissionReview we can decide (4xx), counted and logged.
 fn reject(state: &AppState, webhook: Webhook, error: DecodeError) -> Response {
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            webhook: webhook.label(),
-            operation: "unknown",
-            decision: "error",
-        })
-        .inc();
+    state.metrics.count_request(&RequestLabels {
+        webhook: webhook.label(),
+        operation: "unknown",
+        decision: "error",
+    });
     tracing::warn!(webhook = webhook.label(), %error, "rejected malformed admission request");
     error.into_response()
 }
@@ -188,22 +184,17 @@ async fn handle(state: &AppState, webhook: Webhook, headers: HeaderMap, body: Bo
     let elapsed = start.elapsed();
     let decision = outcome.decision.label();
     let operation = request.operation_label();
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
+    state.metrics.count_request(&RequestLabels {
+        webhook: webhook.label(),
+        operation,
+        decision,
+    });
+    state.metrics.observe_duration(
+        &WebhookLabels {
             webhook: webhook.label(),
-            operation,
-            decision,
-        })
-        .inc();
-    state
-        .metrics
-        .duration
-        .get_or_create(&WebhookLabels {
-            webhook: webhook.label(),
-        })
-        .observe(elapsed.as_secs_f64());
+        },
+        elapsed.as_secs_f64(),
+    );
     state.audit.record(&audit::Entry {
         webhook: webhook.label(),
         uid: &request.uid,
