@@ -169,9 +169,11 @@ fn reject(state: &AppState, webhook: Webhook, error: DecodeError) -> Response {
     error.into_response()
 }
 
-async fn handle(state: &AppState, webhook: Webhook, headers: HeaderMap, body: Body) -> Response {
+async fn handle(state: &AppState, webhook: Webhook, request: axum::extract::Request) -> Response {
     let start = Instant::now();
-    let bytes = match read_body(&headers, body, state.body_timeout).await {
+    // The request taken whole: the `HeaderMap` extractor would clone the headers.
+    let (parts, body) = request.into_parts();
+    let bytes = match read_body(&parts.headers, body, state.body_timeout).await {
         Ok(bytes) => bytes,
         Err(error) => return reject(state, webhook, error),
     };
@@ -217,12 +219,12 @@ fn encode(response: &super::Response) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn validate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    handle(&state, Webhook::Validate, headers, body).await
+async fn validate(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    handle(&state, Webhook::Validate, request).await
 }
 
-async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    handle(&state, Webhook::Mutate, headers, body).await
+async fn mutate(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    handle(&state, Webhook::Mutate, request).await
 }
 
 async fn healthz() -> &'static str {
