@@ -180,7 +180,12 @@ fn ops<'a>(policy: &Policy, user: &str, old: Option<&HostView>, new: &'a HostVie
 /// Preserve: an UPDATE by a `--preserve-for` user that drops `spec.bootVolume` gets the old
 /// block back (an operator built without this field would erase it on every write), with
 /// defaults applied as if it had been sent.
-fn preserve<'a>(policy: &Policy, user: &str, old: Option<&HostView>, new: &'a HostView<'_>) -> Option<Vec<Op<'a>>> {
+fn preserve<'a>(
+    policy: &Policy,
+    user: &str,
+    old: Option<&HostView>,
+    new: &'a HostView<'_>,
+) -> Option<Vec<Op<'a>>> {
     let old = old?;
     let old_block = old.boot_volume_raw?;
     if new.boot_volume_raw.is_some() || !policy.preserve_for.iter().any(|u| u == user) {
@@ -244,7 +249,11 @@ fn defaults<'a>(bv: &'a BootVolume, shape: &Shape, namespace: &'a str) -> Vec<Op
     // that creating one would only disguise.
     if target_sent || (cinder && credentials_name.is_some()) {
         if !has(field::I_TYPE) {
-            fields.push(("iType", "/spec/bootVolume/iscsiTarget/iType", Val::Const(ITYPE_IQN)));
+            fields.push((
+                "iType",
+                "/spec/bootVolume/iscsiTarget/iType",
+                Val::Const(ITYPE_IQN),
+            ));
         }
         if !has(field::LUN) && !cinder {
             fields.push(("lun", "/spec/bootVolume/iscsiTarget/lun", Val::Int(0)));

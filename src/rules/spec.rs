@@ -368,7 +368,9 @@ fn strip_suffix_ignore_case<'a>(s: &'a str, suffix: &str) -> Option<&'a str> {
     let cut = s.len().checked_sub(suffix.len())?;
     let tail = s.as_bytes().get(cut..)?;
     // An ASCII suffix matched: `cut` is on a character boundary.
-    (tail.eq_ignore_ascii_case(suffix.as_bytes())).then(|| s.get(..cut)).flatten()
+    (tail.eq_ignore_ascii_case(suffix.as_bytes()))
+        .then(|| s.get(..cut))
+        .flatten()
 }
 
 /// Allowed, but worth telling the user.
