@@ -212,7 +212,8 @@ fn preserve<'a>(
 
 /// The `authSecretRef` object mutation resolves from `iscsiCredentialsName`.
 fn secret_ref<'a>(name: &'a str, namespace: &'a str) -> Val<'a> {
-    let mut fields = vec![("name", Val::Str(name))];
+    let mut fields = Vec::with_capacity(2);
+    fields.push(("name", Val::Str(name)));
     if !namespace.is_empty() {
         fields.push(("namespace", Val::Str(namespace)));
     }
@@ -233,7 +234,9 @@ fn with_default_port(portal: &str) -> String {
 /// Defaults and the Secret reference for a present `bootVolume` object (`shape` says which
 /// fields were sent, with any JSON type).
 fn defaults<'a>(bv: &'a BootVolume, shape: &Shape, namespace: &'a str) -> Vec<Op<'a>> {
-    let mut ops = Vec::new();
+    // At most six operations: allocated once (growing the Vec cost more than building
+    // the operations).
+    let mut ops = Vec::with_capacity(6);
     if !shape.has(field::TARGET_TYPE) {
         ops.push(add("/spec/bootVolume/targetType", Val::Const(TARGET_TYPE_ISCSI)));
     }
@@ -242,7 +245,7 @@ fn defaults<'a>(bv: &'a BootVolume, shape: &Shape, namespace: &'a str) -> Vec<Op
     // `iscsi_target` is read only from an object.
     let target = bv.iscsi_target.as_ref();
     // Fields to add under iscsiTarget, in a stable order: (key, its path, value).
-    let mut fields: Vec<(&'static str, &'static str, Val<'a>)> = Vec::new();
+    let mut fields: Vec<(&'static str, &'static str, Val<'a>)> = Vec::with_capacity(4);
     let has = |bit: u32| target.is_some() && shape.has(bit);
     let credentials_name = bv.iscsi_credentials_name.as_deref().filter(|n| !n.is_empty());
     // Only cinder hosts may lack iscsiTarget; for the others a missing target is an error
