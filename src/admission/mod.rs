@@ -53,9 +53,10 @@ pub struct Review<'a> {
     /// Must be `AdmissionReview`.
     #[serde(borrow)]
     pub kind: Cow<'a, str>,
-    /// The request; a review without one is malformed.
+    /// The request; a review without one is malformed. Boxed: it is large (two host
+    /// readings), and the decoded review is moved several times on its way to `admit`.
     #[serde(borrow)]
-    pub request: Option<Request<'a>>,
+    pub request: Option<Box<Request<'a>>>,
 }
 
 /// Group/version/kind as the API server sends it.
