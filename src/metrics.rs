@@ -8,7 +8,13 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use std::sync::atomic::AtomicU64;
+use std::sync::{OnceLock, atomic::AtomicU64};
+
+/// The label values a request can have, for [`Metrics::count_request`]'s handle cache.
+const WEBHOOKS: [&str; 2] = ["validate", "mutate"];
+const OPERATIONS: [&str; 6] = ["CREATE", "UPDATE", "DELETE", "CONNECT", "other", "unknown"];
+const DECISIONS: [&str; 4] = ["allowed", "denied", "mutated", "error"];
+const SERIES: usize = WEBHOOKS.len() * OPERATIONS.len() * DECISIONS.len();
 
 /// Labels of `bootvolume_admission_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +54,11 @@ pub struct Metrics {
     pub tls_reloads: Family<ResultLabels, Counter>,
     /// Audit lines dropped because the log writer fell behind (see `audit`).
     pub audit_dropped: Counter,
+    /// Handles of `requests` and `duration` series, taken from the family on first use:
+    /// `Family::get_or_create` hashes the labels and takes a lock on every call, a handle
+    /// is one atomic add. A series still appears only once it has been counted.
+    request_handles: [OnceLock<Counter>; SERIES],
+    duration_handles: [OnceLock<Histogram>; WEBHOOKS.len()],
 }
 
 impl Default for Metrics {
@@ -95,8 +106,14 @@ impl Default for Metrics {
             cert_expiry,
             tls_reloads,
             audit_dropped,
+            request_handles: std::array::from_fn(|_| OnceLock::new()),
+            duration_handles: std::array::from_fn(|_| OnceLock::new()),
         }
     }
+}
+
+fn position(values: &[&str], value: &str) -> Option<usize> {
+    values.iter().position(|v| *v == value)
 }
 
 impl Metrics {
@@ -104,6 +121,31 @@ impl Metrics {
     pub fn tls_reload(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.tls_reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Counts one admission request.
+    pub fn count_request(&self, labels: &RequestLabels) {
+        let index = position(&WEBHOOKS, labels.webhook).and_then(|w| {
+            let o = position(&OPERATIONS, labels.operation)?;
+            let d = position(&DECISIONS, labels.decision)?;
+            Some((w * OPERATIONS.len() + o) * DECISIONS.len() + d)
+        });
+        match index.and_then(|i| self.request_handles.get(i)) {
+            Some(handle) => handle
+                .get_or_init(|| self.requests.get_or_create(labels).clone())
+                .inc(),
+            None => self.requests.get_or_create(labels).inc(),
+        };
+    }
+
+    /// Records the time one admission decision took.
+    pub fn observe_duration(&self, labels: &WebhookLabels, seconds: f64) {
+        match position(&WEBHOOKS, labels.webhook).and_then(|i| self.duration_handles.get(i)) {
+            Some(handle) => handle
+                .get_or_init(|| self.duration.get_or_create(labels).clone())
+                .observe(seconds),
+            None => self.duration.get_or_create(labels).observe(seconds),
+        }
     }
 
     /// The text exposition (OpenMetrics, which Prometheus scrapes natively).
@@ -134,9 +176,25 @@ mod tests {
             .observe(0.0001);
         m.tls_reload(false);
         m.cert_expiry.set(1.0e9);
+        // Through the handle cache: the same series.
+        for _ in 0..2 {
+            m.count_request(&RequestLabels {
+                webhook: "mutate",
+                operation: "UPDATE",
+                decision: "mutated",
+            });
+            m.observe_duration(&WebhookLabels { webhook: "mutate" }, 0.0001);
+        }
+        m.count_request(&RequestLabels {
+            webhook: "validate",
+            operation: "CREATE",
+            decision: "denied",
+        });
         let text = m.encode();
         for needle in [
-            r#"bootvolume_admission_requests_total{webhook="validate",operation="CREATE",decision="denied"} 1"#,
+            r#"bootvolume_admission_requests_total{webhook="validate",operation="CREATE",decision="denied"} 2"#,
+            r#"bootvolume_admission_requests_total{webhook="mutate",operation="UPDATE",decision="mutated"} 2"#,
+            r#"bootvolume_admission_duration_seconds_count{webhook="mutate"} 2"#,
             r#"bootvolume_admission_duration_seconds_count{webhook="validate"} 1"#,
             "bootvolume_tls_certificate_expiry_timestamp_seconds 1000000000",
             r#"bootvolume_tls_reloads_total{result="failure"} 1"#,

@@ -15,21 +15,108 @@ use crate::{
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation, jsonptr::PointerBuf};
 use serde_json::{Map, Value, json};
 
-/// A pointer from our own field names (none holds `/` or `~`, so nothing is escaped).
-fn pointer(tokens: &[&str]) -> PointerBuf {
-    let mut path = String::with_capacity(64);
-    for t in tokens {
-        path.push('/');
-        path.push_str(t);
-    }
-    PointerBuf::parse(path).unwrap_or_else(|_| PointerBuf::from_tokens(tokens.iter().copied()))
+const BV: &str = "/spec/bootVolume";
+const TARGET: &str = "/spec/bootVolume/iscsiTarget";
+
+/// A value the patch sets, borrowed from the request where it can be: the webhook writes
+/// the patch text straight from these (no `serde_json::Value` on the hot path).
+#[derive(Debug)]
+enum Val<'a> {
+    /// One of our constants (written without escaping: none needs any).
+    Const(&'static str),
+    /// A string from the request (escaped when written).
+    Str(&'a str),
+    /// A string we built (`host:port`).
+    Owned(String),
+    /// An integer (the default LUN).
+    Int(i64),
+    /// An object; keys sorted, as `serde_json::Map` (a `BTreeMap`) orders them, so the text
+    /// is byte for byte what serializing the equivalent `Value` gives.
+    Object(Vec<(&'static str, Val<'a>)>),
+    /// A whole parsed block (preserve, off the hot path).
+    Tree(Value),
 }
 
-fn add(tokens: &[&str], value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation {
-        path: pointer(tokens),
+impl Val<'_> {
+    fn into_value(self) -> Value {
+        match self {
+            Self::Const(s) => Value::String(s.to_owned()),
+            Self::Str(s) => Value::String(s.to_owned()),
+            Self::Owned(s) => Value::String(s),
+            Self::Int(n) => Value::from(n),
+            Self::Object(fields) => Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.into_value()))
+                    .collect::<Map<String, Value>>(),
+            ),
+            Self::Tree(v) => v,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Const(s) => {
+                out.push(b'"');
+                out.extend_from_slice(s.as_bytes());
+                out.push(b'"');
+            }
+            // Writing into a Vec cannot fail.
+            Self::Str(s) => {
+                let _ = serde_json::to_writer(&mut *out, s);
+            }
+            Self::Owned(s) => {
+                let _ = serde_json::to_writer(&mut *out, s);
+            }
+            Self::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
+            Self::Object(fields) => {
+                out.push(b'{');
+                for (i, (k, v)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.push(b'"');
+                    out.extend_from_slice(k.as_bytes());
+                    out.extend_from_slice(b"\":");
+                    v.write(out);
+                }
+                out.push(b'}');
+            }
+            Self::Tree(v) => {
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+        }
+    }
+}
+
+/// One RFC 6902 operation; `path` is one of our own pointers (no `~` or `/` to escape in
+/// any token, so it is written as is).
+#[derive(Debug)]
+struct Op<'a> {
+    replace: bool,
+    path: &'static str,
+    value: Val<'a>,
+}
+
+fn add<'a>(path: &'static str, value: Val<'a>) -> Op<'a> {
+    Op {
+        replace: false,
+        path,
         value,
-    })
+    }
+}
+
+impl Op<'_> {
+    fn into_operation(self) -> PatchOperation {
+        let path = PointerBuf::parse(self.path)
+            .unwrap_or_else(|_| PointerBuf::from_tokens(self.path.split('/').skip(1)));
+        let value = self.value.into_value();
+        if self.replace {
+            PatchOperation::Replace(ReplaceOperation { path, value })
+        } else {
+            PatchOperation::Add(AddOperation { path, value })
+        }
+    }
 }
 
 /// The patch for one admission request; empty when nothing changes.
@@ -37,6 +124,41 @@ fn add(tokens: &[&str], value: Value) -> PatchOperation {
 /// `user` is the requesting user's name (for `--preserve-for`); `old` is the stored object
 /// on UPDATE.
 pub fn patch(policy: &Policy, user: &str, old: Option<&HostView>, new: &HostView) -> Vec<PatchOperation> {
+    ops(policy, user, old, new)
+        .into_iter()
+        .map(Op::into_operation)
+        .collect()
+}
+
+/// [`patch`] as RFC 6902 JSON text, written directly from the operations (what the webhook
+/// sends): the same operations in the same order, the same bytes `serde_json` gives for
+/// [`patch`]. `None` when nothing changes.
+pub fn patch_json(policy: &Policy, user: &str, old: Option<&HostView>, new: &HostView) -> Option<Vec<u8>> {
+    let ops = ops(policy, user, old, new);
+    if ops.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(512);
+    out.push(b'[');
+    for (i, op) in ops.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(if op.replace {
+            b"{\"op\":\"replace\",\"path\":\""
+        } else {
+            b"{\"op\":\"add\",\"path\":\""
+        });
+        out.extend_from_slice(op.path.as_bytes());
+        out.extend_from_slice(b"\",\"value\":");
+        op.value.write(&mut out);
+        out.push(b'}');
+    }
+    out.push(b']');
+    Some(out)
+}
+
+fn ops<'a>(policy: &Policy, user: &str, old: Option<&HostView>, new: &'a HostView<'_>) -> Vec<Op<'a>> {
     if new.deleting() {
         return Vec::new();
     }
@@ -58,12 +180,12 @@ pub fn patch(policy: &Policy, user: &str, old: Option<&HostView>, new: &HostView
 /// Preserve: an UPDATE by a `--preserve-for` user that drops `spec.bootVolume` gets the old
 /// block back (an operator built without this field would erase it on every write), with
 /// defaults applied as if it had been sent.
-fn preserve(
+fn preserve<'a>(
     policy: &Policy,
     user: &str,
     old: Option<&HostView>,
-    new: &HostView,
-) -> Option<Vec<PatchOperation>> {
+    new: &'a HostView<'_>,
+) -> Option<Vec<Op<'a>>> {
     let old = old?;
     let old_block = old.boot_volume_raw?;
     if new.boot_volume_raw.is_some() || !policy.preserve_for.iter().any(|u| u == user) {
@@ -73,44 +195,71 @@ fn preserve(
     if let Some(bv) = old.boot_volume.as_ref()
         && old.boot_volume_shape.object
     {
-        let ops = defaults(bv, &old.boot_volume_shape, new.namespace);
+        let ops: Vec<PatchOperation> = defaults(bv, &old.boot_volume_shape, new.namespace)
+            .into_iter()
+            .map(Op::into_operation)
+            .collect();
         // Our own ops on a copy of our own block: they always apply.
         let _ = json_patch::patch(&mut restored, &ops);
     }
     let block = restored["spec"]["bootVolume"].take();
     Some(if new.has_spec {
-        vec![add(&["spec", "bootVolume"], block)]
+        vec![add(BV, Val::Tree(block))]
     } else {
-        vec![add(&["spec"], json!({ "bootVolume": block }))]
+        vec![add("/spec", Val::Tree(json!({ "bootVolume": block })))]
     })
+}
+
+/// The `authSecretRef` object mutation resolves from `iscsiCredentialsName`.
+fn secret_ref<'a>(name: &'a str, namespace: &'a str) -> Val<'a> {
+    let mut fields = Vec::with_capacity(2);
+    fields.push(("name", Val::Str(name)));
+    if !namespace.is_empty() {
+        fields.push(("namespace", Val::Str(namespace)));
+    }
+    Val::Object(fields)
+}
+
+/// `portal:3260`, without the formatting machinery (this runs on most requests).
+fn with_default_port(portal: &str) -> String {
+    let mut digits = itoa::Buffer::new();
+    let port = digits.format(DEFAULT_ISCSI_PORT);
+    let mut s = String::with_capacity(portal.len() + 1 + port.len());
+    s.push_str(portal);
+    s.push(':');
+    s.push_str(port);
+    s
 }
 
 /// Defaults and the Secret reference for a present `bootVolume` object (`shape` says which
 /// fields were sent, with any JSON type).
-fn defaults(bv: &BootVolume, shape: &Shape, namespace: &str) -> Vec<PatchOperation> {
-    let mut ops = Vec::new();
+fn defaults<'a>(bv: &'a BootVolume, shape: &Shape, namespace: &'a str) -> Vec<Op<'a>> {
+    // At most six operations: allocated once (growing the Vec cost more than building
+    // the operations).
+    let mut ops = Vec::with_capacity(6);
     if !shape.has(field::TARGET_TYPE) {
-        ops.push(add(
-            &["spec", "bootVolume", "targetType"],
-            json!(TARGET_TYPE_ISCSI),
-        ));
+        ops.push(add("/spec/bootVolume/targetType", Val::Const(TARGET_TYPE_ISCSI)));
     }
     let cinder = bv.volume_driver.as_deref() == Some("cinder");
     let target_sent = shape.has(field::ISCSI_TARGET);
     // `iscsi_target` is read only from an object.
     let target = bv.iscsi_target.as_ref();
-    // Fields to add under iscsiTarget, in a stable order.
-    let mut fields: Vec<(&str, Value)> = Vec::new();
+    // Fields to add under iscsiTarget, in a stable order: (key, its path, value).
+    let mut fields: Vec<(&'static str, &'static str, Val<'a>)> = Vec::with_capacity(4);
     let has = |bit: u32| target.is_some() && shape.has(bit);
     let credentials_name = bv.iscsi_credentials_name.as_deref().filter(|n| !n.is_empty());
     // Only cinder hosts may lack iscsiTarget; for the others a missing target is an error
     // that creating one would only disguise.
     if target_sent || (cinder && credentials_name.is_some()) {
         if !has(field::I_TYPE) {
-            fields.push(("iType", json!(ITYPE_IQN)));
+            fields.push((
+                "iType",
+                "/spec/bootVolume/iscsiTarget/iType",
+                Val::Const(ITYPE_IQN),
+            ));
         }
         if !has(field::LUN) && !cinder {
-            fields.push(("lun", json!(0)));
+            fields.push(("lun", "/spec/bootVolume/iscsiTarget/lun", Val::Int(0)));
         }
         if !has(field::AUTH_METHOD) {
             let credentials = credentials_name.is_some()
@@ -119,25 +268,25 @@ fn defaults(bv: &BootVolume, shape: &Shape, namespace: &str) -> Vec<PatchOperati
                 });
             // Without credentials, external hosts must say `None` themselves (CHAP is the
             // safe default and the rules require a credential source for it).
+            const PATH: &str = "/spec/bootVolume/iscsiTarget/authMethod";
             if credentials {
-                fields.push(("authMethod", json!(AUTH_CHAP)));
+                fields.push(("authMethod", PATH, Val::Const(AUTH_CHAP)));
             } else if cinder {
-                fields.push(("authMethod", json!(AUTH_NONE)));
+                fields.push(("authMethod", PATH, Val::Const(AUTH_NONE)));
             }
         }
         // The reference as sent: absent, an object (read), or another JSON value.
-        let secret_ref = has(field::SECRET_REF).then(|| target.and_then(|t| t.auth_secret_ref.as_ref()));
-        match (credentials_name, secret_ref) {
-            (Some(name), None) if namespace.is_empty() => {
-                fields.push(("authSecretRef", json!({ "name": name })))
-            }
-            (Some(name), None) => {
-                fields.push(("authSecretRef", json!({ "name": name, "namespace": namespace })))
-            }
+        let sent_ref = has(field::SECRET_REF).then(|| target.and_then(|t| t.auth_secret_ref.as_ref()));
+        match (credentials_name, sent_ref) {
+            (Some(name), None) => fields.push((
+                "authSecretRef",
+                "/spec/bootVolume/iscsiTarget/authSecretRef",
+                secret_ref(name, namespace),
+            )),
             (_, Some(Some(_))) if !shape.has(field::REF_NAMESPACE) && !namespace.is_empty() => {
                 ops.push(add(
-                    &["spec", "bootVolume", "iscsiTarget", "authSecretRef", "namespace"],
-                    json!(namespace),
+                    "/spec/bootVolume/iscsiTarget/authSecretRef/namespace",
+                    Val::Str(namespace),
                 ));
             }
             _ => {}
@@ -147,20 +296,18 @@ fn defaults(bv: &BootVolume, shape: &Shape, namespace: &str) -> Vec<PatchOperati
         && !portal.is_empty()
         && !portal.contains(':')
     {
-        ops.push(PatchOperation::Replace(ReplaceOperation {
-            path: pointer(&["spec", "bootVolume", "iscsiTarget", "portal"]),
-            value: json!(format!("{portal}:{DEFAULT_ISCSI_PORT}")),
-        }));
+        ops.push(Op {
+            replace: true,
+            path: "/spec/bootVolume/iscsiTarget/portal",
+            value: Val::Owned(with_default_port(portal)),
+        });
     }
     if target.is_some() {
-        ops.extend(
-            fields
-                .into_iter()
-                .map(|(k, v)| add(&["spec", "bootVolume", "iscsiTarget", k], v)),
-        );
+        ops.extend(fields.into_iter().map(|(_, path, v)| add(path, v)));
     } else if !target_sent && !fields.is_empty() {
-        let obj: Map<String, Value> = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        ops.push(add(&["spec", "bootVolume", "iscsiTarget"], Value::Object(obj)));
+        let mut obj: Vec<(&'static str, Val<'a>)> = fields.into_iter().map(|(k, _, v)| (k, v)).collect();
+        obj.sort_by_key(|(k, _)| *k);
+        ops.push(add(TARGET, Val::Object(obj)));
     }
     ops
 }
@@ -174,6 +321,12 @@ mod tests {
         let new_view = HostView::new(&new.0).expect("view");
         let old_view = old.map(|o| HostView::new(&o.0).expect("view"));
         patch(&Policy::default(), user, old_view.as_ref(), &new_view)
+    }
+
+    fn run_json(user: &str, old: Option<&Host>, new: &Host) -> Option<Vec<u8>> {
+        let new_view = HostView::new(&new.0).expect("view");
+        let old_view = old.map(|o| HostView::new(&o.0).expect("view"));
+        patch_json(&Policy::default(), user, old_view.as_ref(), &new_view)
     }
 
     fn apply(host: &Host, ops: &[PatchOperation]) -> Host {
@@ -286,12 +439,36 @@ mod tests {
             }
             let patched = apply(new, &ops);
             assert_eq!(patched.0, expected.0, "{name}");
+            // The text the webhook sends: the bytes serde_json gives for the operations,
+            // and, parsed back as RFC 6902, a patch that gives the same object.
+            let text = run_json(user, old.as_ref(), new);
+            let want = (!ops.is_empty()).then(|| serde_json::to_vec(&ops).expect("ops serialize"));
+            assert_eq!(text, want, "{name}: patch text");
+            if let Some(text) = &text {
+                let parsed: json_patch::Patch = serde_json::from_slice(text).expect("RFC 6902 JSON");
+                assert_eq!(parsed.0, ops, "{name}");
+                assert_eq!(apply(new, &parsed.0).0, expected.0, "{name}");
+            }
             assert_eq!(
                 run(user, old.as_ref(), &patched),
                 vec![],
                 "{name}: mutation must be idempotent"
             );
         }
+    }
+
+    /// Strings from the request are escaped in the patch text exactly as serde_json does.
+    #[test]
+    fn patch_text_escapes_request_strings() {
+        let host = Host::external()
+            .set("/metadata/namespace", json!("n\"s\\\u{1}\u{e9}\u{2028}"))
+            .set("/spec/bootVolume/iscsiCredentialsName", json!("c\"\n"))
+            .set("/spec/bootVolume/iscsiTarget/portal", json!("p\t\u{7f}"));
+        let ops = run("alice", None, &host);
+        let text = run_json("alice", None, &host).expect("a patch");
+        assert_eq!(text, serde_json::to_vec(&ops).expect("ops serialize"));
+        let parsed: json_patch::Patch = serde_json::from_slice(&text).expect("RFC 6902 JSON");
+        assert_eq!(apply(&host, &parsed.0).0, apply(&host, &ops).0);
     }
 
     #[test]

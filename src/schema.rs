@@ -130,12 +130,17 @@ fn dns_pattern(s: &str) -> bool {
 
 /// `^[^:\s\[\]]+(:[0-9]{1,5})?$`
 fn portal_pattern(s: &str) -> bool {
-    let (host, port) = match s.split_once(':') {
-        Some((h, p)) => (h, Some(p)),
+    let (host, port) = match s.bytes().position(|c| c == b':') {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
         None => (s, None),
     };
+    let bad_host_char = |c: char| ecma_space(c) || c == '[' || c == ']';
     !host.is_empty()
-        && !host.chars().any(|c| ecma_space(c) || c == '[' || c == ']')
+        && if host.is_ascii() {
+            !host.bytes().any(|b| bad_host_char(b.into()))
+        } else {
+            !host.chars().any(bad_host_char)
+        }
         && port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|c| c.is_ascii_digit()))
 }
 
@@ -148,12 +153,13 @@ fn lun(n: &Number, out: &mut Vec<FieldError>) {
         (None, None, Some(f)) => (f < 0.0, f > 65535.0),
         _ => (false, false),
     };
-    let value = shown(F, &Value::Number(n.clone()));
+    // The shown value only when there is an error to show it in.
+    let value = || shown(F, &Value::Number(n.clone()));
     if below {
-        out.push(FieldError::invalid(RULE, F, value.clone(), "must be at least 0"));
+        out.push(FieldError::invalid(RULE, F, value(), "must be at least 0"));
     }
     if above {
-        out.push(FieldError::invalid(RULE, F, value, "must be at most 65535"));
+        out.push(FieldError::invalid(RULE, F, value(), "must be at most 65535"));
     }
 }
 

@@ -105,33 +105,27 @@ impl Visit {
     }
 }
 
-/// The current UTC time as `YYYY-MM-DDTHH:MM:SS.ffffffZ`, without `fmt` machinery.
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SS.ffffffZ`, without `fmt` machinery: the
+/// digits go into one stack buffer, appended (and checked as UTF-8) once.
 pub(crate) fn push_timestamp(out: &mut String) {
-    fn digits(out: &mut String, n: u32, width: usize) {
-        let mut buf = [b'0'; 6];
+    fn digits(buf: &mut [u8], n: u32) {
         let mut n = n;
-        for b in buf[..width].iter_mut().rev() {
+        for b in buf.iter_mut().rev() {
             *b = b'0' + (n % 10) as u8;
             n /= 10;
         }
-        // ASCII digits.
-        out.push_str(std::str::from_utf8(&buf[..width]).unwrap_or("0"));
     }
     let now = time::OffsetDateTime::now_utc();
-    digits(out, u32::try_from(now.year()).unwrap_or(0), 4);
-    out.push('-');
-    digits(out, now.month() as u32, 2);
-    out.push('-');
-    digits(out, now.day().into(), 2);
-    out.push('T');
-    digits(out, now.hour().into(), 2);
-    out.push(':');
-    digits(out, now.minute().into(), 2);
-    out.push(':');
-    digits(out, now.second().into(), 2);
-    out.push('.');
-    digits(out, now.microsecond(), 6);
-    out.push('Z');
+    let mut buf = *b"0000-00-00T00:00:00.000000Z";
+    digits(&mut buf[0..4], u32::try_from(now.year()).unwrap_or(0));
+    digits(&mut buf[5..7], now.month() as u32);
+    digits(&mut buf[8..10], now.day().into());
+    digits(&mut buf[11..13], now.hour().into());
+    digits(&mut buf[14..16], now.minute().into());
+    digits(&mut buf[17..19], now.second().into());
+    digits(&mut buf[20..26], now.microsecond());
+    // ASCII digits and separators.
+    out.push_str(std::str::from_utf8(&buf).unwrap_or("0000-00-00T00:00:00.000000Z"));
 }
 
 /// Whether a text-format value can go unquoted.

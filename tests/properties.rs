@@ -155,6 +155,10 @@ fn check_mutation(
             "patch touches {path}"
         );
     }
+    // The text the webhook sends is what serializing the operations gives, byte for byte.
+    let text = mutate::patch_json(policy, user, old_view.as_ref(), &view);
+    let want = (!ops.is_empty()).then(|| serde_json::to_vec(&ops).expect("ops serialize"));
+    prop_assert_eq!(text, want, "patch text");
     let mut patched = doc.clone();
     prop_assert!(
         json_patch::patch(&mut patched, &ops).is_ok(),

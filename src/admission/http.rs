@@ -4,7 +4,7 @@
 //! API server's own limit), non-JSON and non-AdmissionReview bodies get a 400/413 with a
 //! Kubernetes `Status` JSON body saying what is wrong.
 
-use super::{Review, ReviewResponse, Webhook, admit};
+use super::{Review, Webhook, admit};
 use crate::{
     audit::{self, AuditLog},
     metrics::{Metrics, RequestLabels, WebhookLabels},
@@ -160,22 +160,20 @@ pub fn parse(bytes: &[u8]) -> Result<Review<'_>, DecodeError> {
 
 /// Answers a request that is not an AdmissionReview we can decide (4xx), counted and logged.
 fn reject(state: &AppState, webhook: Webhook, error: DecodeError) -> Response {
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            webhook: webhook.label(),
-            operation: "unknown",
-            decision: "error",
-        })
-        .inc();
+    state.metrics.count_request(&RequestLabels {
+        webhook: webhook.label(),
+        operation: "unknown",
+        decision: "error",
+    });
     tracing::warn!(webhook = webhook.label(), %error, "rejected malformed admission request");
     error.into_response()
 }
 
-async fn handle(state: &AppState, webhook: Webhook, headers: HeaderMap, body: Body) -> Response {
+async fn handle(state: &AppState, webhook: Webhook, request: axum::extract::Request) -> Response {
     let start = Instant::now();
-    let bytes = match read_body(&headers, body, state.body_timeout).await {
+    // The request taken whole: the `HeaderMap` extractor would clone the headers.
+    let (parts, body) = request.into_parts();
+    let bytes = match read_body(&parts.headers, body, state.body_timeout).await {
         Ok(bytes) => bytes,
         Err(error) => return reject(state, webhook, error),
     };
@@ -188,22 +186,17 @@ async fn handle(state: &AppState, webhook: Webhook, headers: HeaderMap, body: Bo
     let elapsed = start.elapsed();
     let decision = outcome.decision.label();
     let operation = request.operation_label();
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
+    state.metrics.count_request(&RequestLabels {
+        webhook: webhook.label(),
+        operation,
+        decision,
+    });
+    state.metrics.observe_duration(
+        &WebhookLabels {
             webhook: webhook.label(),
-            operation,
-            decision,
-        })
-        .inc();
-    state
-        .metrics
-        .duration
-        .get_or_create(&WebhookLabels {
-            webhook: webhook.label(),
-        })
-        .observe(elapsed.as_secs_f64());
+        },
+        elapsed.as_secs_f64(),
+    );
     state.audit.record(&audit::Entry {
         webhook: webhook.label(),
         uid: &request.uid,
@@ -216,25 +209,22 @@ async fn handle(state: &AppState, webhook: Webhook, headers: HeaderMap, body: Bo
         violations: &outcome.violations,
         duration_us: elapsed.as_micros() as u64,
     });
-    encode(&ReviewResponse::from(outcome.response))
+    encode(&outcome.response)
 }
 
 /// The answer as JSON, written into one buffer sized for a typical review.
-fn encode(review: &ReviewResponse) -> Response {
-    let mut body = Vec::with_capacity(512);
-    match serde_json::to_writer(&mut body, review) {
-        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        // Our own response types always serialize.
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+fn encode(response: &super::Response) -> Response {
+    let mut body = Vec::with_capacity(512 + response.patch.as_ref().map_or(0, String::len));
+    response.write_review(&mut body);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn validate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    handle(&state, Webhook::Validate, headers, body).await
+async fn validate(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    handle(&state, Webhook::Validate, request).await
 }
 
-async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    handle(&state, Webhook::Mutate, headers, body).await
+async fn mutate(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    handle(&state, Webhook::Mutate, request).await
 }
 
 async fn healthz() -> &'static str {

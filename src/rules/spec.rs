@@ -46,13 +46,12 @@ fn driver<'a>(policy: &Policy, bv: &'a BootVolume, out: &mut Verdict) -> Option<
         out.errors.push(FieldError::required("volume-driver", F, ""));
         return None;
     };
-    let allowed: Vec<&str> = KNOWN_DRIVERS
-        .into_iter()
-        .filter(|k| policy.allowed_volume_drivers.iter().any(|a| a == k))
-        .collect();
-    if allowed.contains(&d) {
+    let allowed = |k: &str| policy.allowed_volume_drivers.iter().any(|a| a == k);
+    if KNOWN_DRIVERS.contains(&d) && allowed(d) {
         Some(d)
     } else {
+        // The list for the message only on this (rare) path.
+        let allowed: Vec<&str> = KNOWN_DRIVERS.into_iter().filter(|k| allowed(k)).collect();
         out.errors.push(FieldError::not_supported(
             "volume-driver",
             F,
@@ -341,15 +340,20 @@ fn interplay(host: &HostView, out: &mut Verdict) {
     // `externallyProvisioned: true` is allowed: adoption is how a host without an image
     // reaches `active` under baremetal-operator, and Ironic's adoption boots from the volume.
     if let Some(address) = host.bmc_address() {
+        // Compared without lower-casing a copy: this runs on every request with a BMC.
         let scheme = address
-            .split_once("://")
-            .map_or("ipmi", |(s, _)| s)
-            .to_ascii_lowercase();
-        let base = scheme
-            .strip_suffix("+https")
-            .or_else(|| scheme.strip_suffix("+http"))
-            .unwrap_or(&scheme);
-        if NON_IPXE_SCHEME_SUFFIXES.iter().any(|s| base.ends_with(s)) {
+            .as_bytes()
+            .windows(3)
+            .position(|w| w == b"://")
+            .map_or("ipmi", |i| &address[..i]);
+        let base = strip_suffix_ignore_case(scheme, "+https")
+            .or_else(|| strip_suffix_ignore_case(scheme, "+http"))
+            .unwrap_or(scheme);
+        if NON_IPXE_SCHEME_SUFFIXES
+            .iter()
+            .any(|s| strip_suffix_ignore_case(base, s).is_some())
+        {
+            let base = base.to_ascii_lowercase();
             out.errors.push(FieldError::forbidden(
                 "bmc-ipxe",
                 "spec.bmc.address",
@@ -357,6 +361,16 @@ fn interplay(host: &HostView, out: &mut Verdict) {
             ));
         }
     }
+}
+
+/// `s` without the ASCII `suffix`, compared case-insensitively.
+fn strip_suffix_ignore_case<'a>(s: &'a str, suffix: &str) -> Option<&'a str> {
+    let cut = s.len().checked_sub(suffix.len())?;
+    let tail = s.as_bytes().get(cut..)?;
+    // An ASCII suffix matched: `cut` is on a character boundary.
+    (tail.eq_ignore_ascii_case(suffix.as_bytes()))
+        .then(|| s.get(..cut))
+        .flatten()
 }
 
 /// Allowed, but worth telling the user.
