@@ -10,18 +10,6 @@ use serde_json::{Value, json};
 
 const PASSWORD: &str = "Adopt-cli-chap-pw-3";
 
-/// A MAC no other test uses, from the namespace's random suffix.
-fn mac_for(ns: &str) -> String {
-    let hex = &ns[3..13];
-    format!(
-        "52:54:{}:{}:{}:{}",
-        &hex[0..2],
-        &hex[2..4],
-        &hex[4..6],
-        &hex[6..8]
-    )
-}
-
 /// Enrolls a node the way baremetal-operator registers one (fake-hardware, `ipxe`, UEFI
 /// capability) with a PXE port for `mac`.
 async fn enroll_with_port(ns: &str, mac: &str) -> String {

@@ -74,23 +74,12 @@ fn chap_secret(ns: &str, username: &str, password: &str) -> Secret {
 /// A host whose boot MAC is unique to its namespace (Ironic refuses a MAC on two nodes).
 fn test_host(p: &HostParams, online: bool, externally_provisioned: bool) -> Value {
     let mut host = p.host();
-    host["spec"]["bootMACAddress"] = json!(mac_of(p));
+    host["spec"]["bootMACAddress"] = json!(mac_for(&p.ns));
     host["spec"]["online"] = json!(online);
     if externally_provisioned {
         host["spec"]["externallyProvisioned"] = json!(true);
     }
     host
-}
-
-fn mac_of(p: &HostParams) -> String {
-    let hex = &p.ns[3..11];
-    format!(
-        "52:54:{}:{}:{}:{}",
-        &hex[0..2],
-        &hex[2..4],
-        &hex[4..6],
-        &hex[6..8]
-    )
 }
 
 /// Polls `f` until true; on timeout panics with the simulator's timeline and the host.
@@ -283,7 +272,7 @@ impl Scenario {
         let link = ironic()
             .http_root
             .join("pxelinux.cfg")
-            .join(mac_of(&self.p).replace(':', "-"));
+            .join(mac_for(&self.p.ns).replace(':', "-"));
         assert!(
             link.exists() || link.is_symlink(),
             "no per-MAC link {}",

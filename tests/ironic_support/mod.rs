@@ -62,6 +62,18 @@ pub fn unique_namespace() -> String {
     format!("ns-{seed:016x}")
 }
 
+/// A MAC no other test uses, from the random part of a [`unique_namespace`].
+pub fn mac_for(ns: &str) -> String {
+    let hex = &ns[3..11];
+    format!(
+        "52:54:{}:{}:{}:{}",
+        &hex[0..2],
+        &hex[2..4],
+        &hex[4..6],
+        &hex[6..8]
+    )
+}
+
 /// Enrolls a fake-hardware node named `<ns>~host` with `extra` fields merged into the body.
 /// Returns its UUID.
 pub async fn enroll(c: &IronicClient, ns: &str, extra: Value) -> String {
