@@ -271,11 +271,13 @@ async fn writes_answered_after_the_timeout_are_retried_by_re_reading_not_re_send
     let case = Case::new(&shared_ironic()).await;
     let proxy = FaultProxy::start(&shared_ironic()).await;
     proxy.add(
-        Rule::new(Fault::SlowResponse(Duration::from_millis(1600)))
+        Rule::new(Fault::SlowResponse(Duration::from_millis(4500)))
             .writes()
             .times(2),
     );
-    let via = client_for(&proxy.url, Duration::from_secs(1));
+    // 3 s, not less: a shared Ironic busy with other tests can take over a second to
+    // answer an unfaulted PATCH, which would add timeouts this test does not plan.
+    let via = client_for(&proxy.url, Duration::from_secs(3));
 
     let run = converge(&via, &case, Duration::from_secs(30)).await;
     assert_eq!(run.labels(), ["ironic_unreachable"; 2], "{:#?}", run.errors);
@@ -300,11 +302,12 @@ async fn a_late_duplicate_create_is_refused_and_the_node_converges() {
     let case = Case::new(&shared_ironic()).await;
     let proxy = FaultProxy::start(&shared_ironic()).await;
     proxy.add(
-        Rule::new(Fault::SlowRequest(Duration::from_millis(2500)))
+        Rule::new(Fault::SlowRequest(Duration::from_millis(6000)))
             .method("POST")
             .path(CONNECTORS),
     );
-    let via = client_for(&proxy.url, Duration::from_secs(1));
+    // Held twice the client timeout, so the next pass has long created the connector.
+    let via = client_for(&proxy.url, Duration::from_secs(3));
 
     let run = converge(&via, &case, Duration::from_secs(30)).await;
     assert_eq!(run.labels(), ["ironic_unreachable"], "{:#?}", run.errors);
@@ -328,7 +331,8 @@ async fn a_storm_of_409_node_locked_is_retried_until_the_lock_clears() {
     // failed pass, no wait for the next one.
     assert!(run.errors.is_empty(), "{:#?}", run.errors);
     assert_eq!(run.passes, 2, "one configuring pass, one in-sync pass");
-    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    // Five 200 ms retries; an exponential backoff (1+2+4+8 s) would fail this.
+    assert!(start.elapsed() < Duration::from_secs(6), "{:?}", start.elapsed());
     assert_eq!(
         proxy.seen().iter().filter(|s| s.fault == Some("respond")).count(),
         5
