@@ -24,6 +24,7 @@
 # noop/cinder/external/fake, no DHCP, no cleaning. Only 127.0.0.1 is ever bound.
 set -euo pipefail
 
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 IRONIC_VERSION=${IRONIC_VERSION:-39.0.0}
 IRONIC_PYTHON=${IRONIC_PYTHON:-python3}
 IRONIC_VENV=${IRONIC_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ironic-standalone/ironic-$IRONIC_VERSION}
@@ -196,7 +197,9 @@ cmd_start() { # state [port]
     # The mode is stored in the database file, so it holds for every connection.
     "$IRONIC_VENV/bin/python" -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute("PRAGMA journal_mode=WAL")' \
         "$state/ironic.sqlite" || die "cannot switch $state/ironic.sqlite to WAL"
-    (cd "$state" && exec setsid "$IRONIC_VENV/bin/ironic" --config-file "$state/ironic.conf" \
+    # scripts/ironic-immediate.py: Ironic with SQLite transactions that begin IMMEDIATE (why
+    # in that file): without it, concurrent writes now and then fail with a 500.
+    (cd "$state" && exec setsid "$IRONIC_VENV/bin/python" "$here/ironic-immediate.py" --config-file "$state/ironic.conf" \
         >"$state/ironic.log" 2>&1 </dev/null) &
     pid=$!
     echo "$pid" >"$state/ironic.pid"
