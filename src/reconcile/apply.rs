@@ -164,6 +164,9 @@ pub struct Applied {
     pub before: Option<Current>,
     /// The writes made (in dry-run: planned), in order.
     pub actions: Vec<plan::Action>,
+    /// The node as Ironic returned it from the pass's last write, when that write was a
+    /// node PATCH: as fresh as a read after the writes, without the read.
+    pub after: Option<ironic::Node>,
 }
 
 /// [`apply`], also returning the state read and the writes made (the adoption handshake
@@ -250,13 +253,14 @@ pub async fn apply_to(
         },
         before: Some(current),
         actions: Vec::new(),
+        after: None,
     };
     for action in plan.actions {
         let description = action.to_string();
         if !dry_run {
             // Ironic holds the node lock for short tasks (a power sync, another client's
             // PATCH): retry those sub-second instead of waiting for the next pass.
-            ironic::retry_locked(|| execute(client, &action))
+            applied.after = ironic::retry_locked(|| execute(client, &action))
                 .await
                 .map_err(|e| Error::ironic(&description, redact(e)))?;
         }
@@ -280,16 +284,27 @@ async fn find_node(client: &IronicClient, host: &HostSpec) -> Result<Option<iron
     Ok(None)
 }
 
-async fn execute(client: &IronicClient, action: &plan::Action) -> Result<(), ironic::Error> {
+/// Sends one write; a node PATCH returns the node Ironic answered with.
+async fn execute(
+    client: &IronicClient,
+    action: &plan::Action,
+) -> Result<Option<ironic::Node>, ironic::Error> {
     use plan::Action as A;
     match action {
-        A::PatchNode { uuid, ops, .. } => client.patch_node(uuid, ops).await.map(drop),
-        A::CreateConnector(body) => client.create_connector(body).await.map(drop),
-        A::PatchConnector { uuid, ops, .. } => client.patch_connector(uuid, ops).await.map(drop),
-        A::DeleteConnector { uuid, .. } => client.delete_connector(uuid).await,
-        A::CreateTarget(body) => client.create_target(body).await.map(drop),
-        A::PatchTarget { uuid, ops, .. } => client.patch_target(uuid, ops).await.map(drop),
-        A::DeleteTarget { uuid, .. } => client.delete_target(uuid).await,
+        // The answer names the PATCH's own lock as `reservation` (seen on Ironic 39), which
+        // Ironic released before answering: not a lock anyone holds.
+        A::PatchNode { uuid, ops, .. } => client.patch_node(uuid, ops).await.map(|node| {
+            Some(ironic::Node {
+                reservation: None,
+                ..node
+            })
+        }),
+        A::CreateConnector(body) => client.create_connector(body).await.map(|_| None),
+        A::PatchConnector { uuid, ops, .. } => client.patch_connector(uuid, ops).await.map(|_| None),
+        A::DeleteConnector { uuid, .. } => client.delete_connector(uuid).await.map(|()| None),
+        A::CreateTarget(body) => client.create_target(body).await.map(|_| None),
+        A::PatchTarget { uuid, ops, .. } => client.patch_target(uuid, ops).await.map(|_| None),
+        A::DeleteTarget { uuid, .. } => client.delete_target(uuid).await.map(|()| None),
     }
 }
 

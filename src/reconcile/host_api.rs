@@ -235,16 +235,24 @@ pub async fn host_pass_from(
             ..Default::default()
         });
     }
-    let (mut outcome, before, actions) = (configured.outcome, configured.before, configured.actions);
+    let apply::Applied {
+        mut outcome,
+        before,
+        actions,
+        after,
+    } = configured;
     let Some(before) = before else {
         return Ok(Report {
             outcome,
             ..Default::default()
         });
     };
-    // Re-read the node after writes: its lock, state and power may have moved.
+    // The node after the writes (its lock, state and power may have moved): the last
+    // write's answer when that was a node PATCH, else read again.
     let node = if outcome.changes.is_empty() || options.dry_run {
         before.node.clone()
+    } else if let Some(after) = after {
+        after
     } else {
         ironic
             .get_node(&outcome.node_uuid)
