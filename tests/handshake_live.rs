@@ -85,6 +85,13 @@ async fn hand_over_then_adoption_boots_from_the_volume_with_one_reboot_request()
         .unwrap();
     let calls = ironic.calls();
     eprintln!("full hand-over, one pass: {calls:?} ({} calls)", calls.total());
+    // Node, connectors, targets read once: the answer of the last configuration write (the
+    // storage interface PATCH) stands in for a read after the writes.
+    assert_eq!(
+        (calls.get, calls.post, calls.patch, calls.put),
+        (3, 2, 3, 2),
+        "{calls:?}"
+    );
     assert_eq!(report.phase, Some(Phase::HandedOver), "{report:?}");
     assert!(
         report.events.iter().any(|e| e.reason == REASON_HANDED_OVER),
