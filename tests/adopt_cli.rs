@@ -94,7 +94,6 @@ async fn adopt_from_enroll_boots_from_the_volume() {
     let order = [
         position("did create volume target"),
         position("did update node: capabilities"),
-        position("did update node: storage_interface"),
         position("manage (enroll -> manageable)"),
         position("set persistent boot device pxe"),
         position("adopt (manageable -> active)"),
@@ -102,6 +101,12 @@ async fn adopt_from_enroll_boots_from_the_volume() {
         position("active, booting from volume target"),
     ];
     assert!(order.is_sorted(), "steps out of order: {steps:#?}");
+    // From `enroll` the storage interface shares the node PATCH (adoption is two
+    // transitions away); from `manageable` it is a PATCH of its own (next test).
+    assert!(
+        steps[order[1]].contains("storage_interface noop -> external"),
+        "{steps:#?}"
+    );
     assert_boots_from_volume(&p, &uuid, &mac).await;
     let calls = run.stderr.lines().find(|l| l.contains("Ironic calls:"));
     eprintln!("ironic-apply --adopt from enroll: {calls:?}");
@@ -117,6 +122,13 @@ async fn adopt_from_manageable_boots_from_the_volume() {
     let run = adopt_cli(&p);
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(!run.stdout.contains("manage ("), "{}", run.all());
+    // One transition from adoption: the storage interface in a PATCH of its own, last.
+    assert!(
+        run.stdout
+            .contains("did update node: storage_interface noop -> external"),
+        "{}",
+        run.all()
+    );
     assert!(
         run.stdout.contains("adopt (manageable -> active)"),
         "{}",

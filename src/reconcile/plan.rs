@@ -429,7 +429,7 @@ pub fn plan(desired: Option<&Desired>, current: &Current) -> Plan {
     match desired {
         // The boot target first: creating volume objects needs no node lock, and a node
         // with the target and `iscsi_boot` can already be adopted (baremetal-operator may
-        // adopt it any moment); the storage interface comes last, in its own PATCH.
+        // adopt it any moment); the storage interface comes last (see `plan_node`).
         Some(d) => {
             plan_targets(d, current, &perms, &mut out);
             plan_connectors(d, current, &perms, &mut out);
@@ -442,10 +442,13 @@ pub fn plan(desired: Option<&Desired>, current: &Current) -> Plan {
 
 /// Node: storage interface, `iscsi_boot` capability, ownership marker.
 ///
-/// The storage interface goes in a PATCH of its own: Ironic refuses it in some states
-/// (`adopt failed`, `active`) and would then refuse a combined PATCH whole, losing the
-/// capability that adoption needs. With `bootVolume` it is the last write; on removal the
-/// first node write (the marker goes last).
+/// The storage interface goes in a PATCH of its own when the node could be adopted before
+/// that PATCH lands (`manageable`, or any state reached from it): Ironic refuses an
+/// interface change once adoption starts and would then refuse a combined PATCH whole,
+/// losing the capability adoption needs. With `bootVolume` it is the last write; on
+/// removal the first node write (the marker goes last). From `enroll` or `available`,
+/// adoption is two transitions away, so with `bootVolume` one PATCH carries all three
+/// (one write of Ironic's costliest kind saved per host).
 fn plan_node(desired: Option<&Desired>, current: &Current, perms: &Permissions, out: &mut Plan) {
     let node = &current.node;
     let mut ops = Vec::new();
@@ -506,6 +509,19 @@ fn plan_node(desired: Option<&Desired>, current: &Current, perms: &Permissions, 
             changes.push("remove bootvolume marker".into());
         }
         _ => {}
+    }
+    let far_from_adoption =
+        !node.maintenance && matches!(perms.provision_state.as_str(), "enroll" | "available");
+    if desired.is_some() && far_from_adoption && !ops.is_empty() {
+        if let Some(Action::PatchNode {
+            ops: interface_ops,
+            changes: interface_changes,
+            ..
+        }) = interface_patch.take()
+        {
+            ops.extend(interface_ops);
+            changes.extend(interface_changes);
+        }
     }
     let other = (!ops.is_empty()).then(|| Action::PatchNode {
         uuid: node.uuid.clone(),

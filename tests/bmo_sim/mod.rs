@@ -1534,18 +1534,26 @@ fn is_conflict(e: &IronicError) -> bool {
 /// all (its ports, connectors and targets gone with it). The node is put in maintenance and
 /// deleted through the API (Ironic deletes an `active` node only in maintenance).
 pub async fn lose_node(ironic: &IronicClient, uuid: &str) {
-    ironic
-        .send_with_body(
-            Method::PUT,
-            &format!("/v1/nodes/{uuid}/maintenance"),
-            &json!({"reason": "simulated database loss"}),
-        )
-        .await
-        .expect("maintenance before delete");
-    ironic
-        .send_empty(Method::DELETE, &format!("/v1/nodes/{uuid}"))
-        .await
-        .expect("delete node");
+    // The simulator, like BMO, takes an active node without a fault out of maintenance
+    // between the two calls now and then: put it back and delete again (bounded).
+    for attempt in 1..=10 {
+        ironic
+            .send_with_body(
+                Method::PUT,
+                &format!("/v1/nodes/{uuid}/maintenance"),
+                &json!({"reason": "simulated database loss"}),
+            )
+            .await
+            .expect("maintenance before delete");
+        match ironic
+            .send_empty(Method::DELETE, &format!("/v1/nodes/{uuid}"))
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if attempt < 10 && is_conflict(&e) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("delete node: {e:?}"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -155,27 +155,18 @@ fn kinds(p: &Plan) -> Vec<&'static str> {
 #[test]
 fn first_pass_configures_everything_with_integer_lun_and_credentials() {
     let p = plan(Some(&desired_external()), &node("enroll", None));
-    // Target first (adoption needs it), the storage interface alone and last.
-    assert_eq!(
-        kinds(&p),
-        ["create_target", "create_connector", "patch_node", "patch_node"]
-    );
-    let ops_of = |i: usize| {
-        let Action::PatchNode { ops, .. } = &p.actions[i] else {
-            unreachable!()
-        };
-        serde_json::to_value(ops).unwrap()
+    // Target first (adoption needs it), the node last.
+    assert_eq!(kinds(&p), ["create_target", "create_connector", "patch_node"]);
+    let Action::PatchNode { ops, .. } = &p.actions[2] else {
+        unreachable!()
     };
     assert_eq!(
-        ops_of(2),
+        serde_json::to_value(ops).unwrap(),
         json!([
             {"op": "add", "path": "/properties/capabilities", "value": "iscsi_boot:True"},
             {"op": "add", "path": "/extra/bootvolume_managed", "value": true},
+            {"op": "replace", "path": "/storage_interface", "value": "external"},
         ])
-    );
-    assert_eq!(
-        ops_of(3),
-        json!([{"op": "replace", "path": "/storage_interface", "value": "external"}])
     );
     let Action::CreateConnector(c) = &p.actions[1] else {
         unreachable!()
@@ -200,6 +191,48 @@ fn first_pass_configures_everything_with_integer_lun_and_credentials() {
     );
     assert!(t.extra[CREDENTIALS_KEY].as_str().unwrap().starts_with("sha256:"));
     assert!(!t.extra[CREDENTIALS_KEY].as_str().unwrap().contains(PW));
+}
+
+/// The storage interface shares the node PATCH only where adoption is two transitions
+/// away; one step from adoption (or in maintenance) it is a PATCH of its own, last.
+#[test]
+fn storage_interface_patch_is_separate_only_near_adoption() {
+    let node_patches = |p: &Plan| -> Vec<Vec<String>> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::PatchNode { ops, .. } => Some(ops.iter().map(|o| o.path().to_owned()).collect()),
+                _ => None,
+            })
+            .collect()
+    };
+    let all = [
+        "/properties/capabilities",
+        "/extra/bootvolume_managed",
+        "/storage_interface",
+    ];
+    let split = vec![all[..2].to_vec(), vec![all[2]]];
+    let cases: [(&str, bool, Vec<Vec<&str>>); 6] = [
+        ("enroll", false, vec![all.to_vec()]),
+        ("available", false, vec![all.to_vec()]),
+        ("manageable", false, split.clone()),
+        ("inspecting", false, split.clone()),
+        ("enroll", true, split.clone()),
+        ("available", true, split),
+    ];
+    for (state, maintenance, want) in cases {
+        let mut current = node(state, Some("power off"));
+        current.node.maintenance = maintenance;
+        let got = node_patches(&plan(Some(&desired_external()), &current));
+        assert_eq!(got, want, "{state} maintenance={maintenance}");
+    }
+    // Only the interface left to change: one PATCH with it alone, in every state.
+    let start = node("manageable", None);
+    let first = plan(Some(&desired_external()), &start);
+    let mut current = simulate(&start, &first.actions[..3]);
+    current.node.provision_state = Some("enroll".into());
+    let p = plan(Some(&desired_external()), &current);
+    assert_eq!(node_patches(&p), [vec!["/storage_interface"]]);
 }
 
 #[test]
