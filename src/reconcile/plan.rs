@@ -512,16 +512,17 @@ fn plan_node(desired: Option<&Desired>, current: &Current, perms: &Permissions, 
     }
     let far_from_adoption =
         !node.maintenance && matches!(perms.provision_state.as_str(), "enroll" | "available");
-    if desired.is_some() && far_from_adoption && !ops.is_empty() {
-        if let Some(Action::PatchNode {
+    if desired.is_some()
+        && far_from_adoption
+        && !ops.is_empty()
+        && let Some(Action::PatchNode {
             ops: interface_ops,
             changes: interface_changes,
             ..
         }) = interface_patch.take()
-        {
-            ops.extend(interface_ops);
-            changes.extend(interface_changes);
-        }
+    {
+        ops.extend(interface_ops);
+        changes.extend(interface_changes);
     }
     let other = (!ops.is_empty()).then(|| Action::PatchNode {
         uuid: node.uuid.clone(),
