@@ -87,12 +87,17 @@ async fn hand_over_then_adoption_boots_from_the_volume_with_one_reboot_request()
     eprintln!("full hand-over, one pass: {calls:?} ({} calls)", calls.total());
     // Node, connectors, targets read once: the answer of the last configuration write (the
     // node PATCH) stands in for a read after the writes. From `available` one node PATCH
-    // carries capability, marker and storage interface; the third is the boot device record.
+    // carries capability, marker, storage interface and the record of the boot device,
+    // PUT just before it; the other PUT is `manage`.
     assert_eq!(
         (calls.get, calls.post, calls.patch, calls.put),
-        (3, 2, 2, 2),
+        (3, 2, 1, 2),
         "{calls:?}"
     );
+    let changes = &report.outcome.changes;
+    assert_eq!(changes.len(), 4, "{changes:?}");
+    assert_eq!(changes[2], "set persistent boot device pxe", "{changes:?}");
+    assert!(changes[3].ends_with("record boot device pxe"), "{changes:?}");
     assert_eq!(report.phase, Some(Phase::HandedOver), "{report:?}");
     assert!(
         report.events.iter().any(|e| e.reason == REASON_HANDED_OVER),
@@ -101,7 +106,6 @@ async fn hand_over_then_adoption_boots_from_the_volume_with_one_reboot_request()
     assert_eq!(
         report.steps,
         [
-            "set persistent boot device pxe",
             "manage the node (available -> manageable)",
             "hand over to baremetal-operator: spec.externallyProvisioned true, reboot annotation (node is powered on)"
         ]

@@ -152,7 +152,9 @@ pub async fn apply(
     desired: Option<&Desired>,
     dry_run: bool,
 ) -> Result<Outcome, Error> {
-    Ok(apply_detailed(client, host, desired, dry_run).await?.outcome)
+    Ok(apply_detailed(client, host, desired, dry_run, None)
+        .await?
+        .outcome)
 }
 
 /// A pass of [`apply_detailed`]: the outcome, what Ironic held before, and the writes made.
@@ -170,12 +172,14 @@ pub struct Applied {
 }
 
 /// [`apply`], also returning the state read and the writes made (the adoption handshake
-/// decides from them).
+/// decides from them). `boot_device_key`: fold the handshake's boot device into this pass
+/// ([`plan::fold_boot_device`]).
 pub async fn apply_detailed(
     client: &IronicClient,
     host: &HostSpec,
     desired: Option<&Desired>,
     dry_run: bool,
+    boot_device_key: Option<&str>,
 ) -> Result<Applied, Error> {
     let outcome = |outcome: Outcome| Applied {
         outcome,
@@ -228,7 +232,7 @@ pub async fn apply_detailed(
         connectors,
         targets,
     };
-    apply_to(client, desired, current, dry_run).await
+    apply_to(client, desired, current, dry_run, boot_device_key).await
 }
 
 /// Plans against `current` (read just now, or taken from a fresh fleet listing) and executes.
@@ -237,13 +241,17 @@ pub async fn apply_to(
     desired: Option<&Desired>,
     current: Current,
     dry_run: bool,
+    boot_device_key: Option<&str>,
 ) -> Result<Applied, Error> {
     let secret = desired
         .and_then(|d| d.credentials.as_ref())
         .map(|c| c.password.expose().to_owned());
     let redact = |e: ironic::Error| e.redact(secret.as_deref().unwrap_or(""));
-    let plan = plan::plan(desired, &current);
+    let mut plan = plan::plan(desired, &current);
     let change = plan::classify(desired, &current, &plan.actions);
+    if let Some(key) = boot_device_key.filter(|_| desired.is_some()) {
+        plan::fold_boot_device(&mut plan, &current, key);
+    }
     let mut applied = Applied {
         outcome: Outcome {
             node_uuid: current.node.uuid.clone(),
@@ -305,6 +313,7 @@ async fn execute(
         A::CreateTarget(body) => client.create_target(body).await.map(|_| None),
         A::PatchTarget { uuid, ops, .. } => client.patch_target(uuid, ops).await.map(|_| None),
         A::DeleteTarget { uuid, .. } => client.delete_target(uuid).await.map(|()| None),
+        A::SetBootDevice { uuid } => client.set_boot_device(uuid, "pxe", true).await.map(|()| None),
     }
 }
 

@@ -382,12 +382,6 @@ pub fn handover_blocker(
     Some(why.to_owned())
 }
 
-/// States before adoption in which the boot device may be set (Ironic's fake and real
-/// drivers accept it there; `active` is left alone).
-fn pre_adoption(state: &str) -> bool {
-    matches!(state, "enroll" | "manageable" | "available" | "adopt failed")
-}
-
 /// The handshake decision for one host.
 pub fn decide(host: &HostFacts, node: &NodeFacts, sync: &SyncFacts, options: &Options) -> Decision {
     let mut steps = Vec::new();
@@ -398,7 +392,7 @@ pub fn decide(host: &HostFacts, node: &NodeFacts, sync: &SyncFacts, options: &Op
 
     // Step 1b: the boot device, once, before adoption, when the rest is configured.
     let mut boot_device = node.boot_device_recorded;
-    if !boot_device && sync.adoptable && pre_adoption(state) && !node.locked {
+    if !boot_device && sync.adoptable && super::plan::boot_device_settable(state) && !node.locked {
         steps.push(Step::SetBootDevice);
         boot_device = true;
     }

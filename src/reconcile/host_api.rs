@@ -224,9 +224,12 @@ pub async fn host_pass_from(
     let key = format!("{}/{}", spec.namespace, spec.name);
     let unmanaged = spec.skip.is_some() || spec.boot_volume.is_none();
     let desired = if unmanaged { None } else { spec.desired(secret)? };
+    let fold = (!options.dry_run).then_some(BOOT_DEVICE_KEY);
     let configured = match current.filter(|_| spec.skip.is_none()) {
-        Some(current) => apply::apply_to(ironic, desired.as_ref(), current, options.dry_run).await?,
-        None => apply::apply_detailed(ironic, &spec, desired.as_ref(), options.dry_run).await?,
+        // The boot device rides on the configuration's node PATCH when it can (in dry-run
+        // the handshake reports it as a step of its own).
+        Some(current) => apply::apply_to(ironic, desired.as_ref(), current, options.dry_run, fold).await?,
+        None => apply::apply_detailed(ironic, &spec, desired.as_ref(), options.dry_run, fold).await?,
     };
     if unmanaged {
         options.memory.forget(&key);

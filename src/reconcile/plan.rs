@@ -239,6 +239,11 @@ pub enum Action {
         /// Human description of each change.
         changes: Vec<String>,
     },
+    /// PUT the persistent PXE boot device (see [`fold_boot_device`]).
+    SetBootDevice {
+        /// Node UUID.
+        uuid: String,
+    },
     /// DELETE a target.
     DeleteTarget {
         /// Target UUID.
@@ -255,7 +260,10 @@ impl Action {
     pub fn is_state_restricted(&self) -> bool {
         !matches!(
             self,
-            Self::PatchNode { .. } | Self::CreateConnector(_) | Self::CreateTarget(_)
+            Self::PatchNode { .. }
+                | Self::CreateConnector(_)
+                | Self::CreateTarget(_)
+                | Self::SetBootDevice { .. }
         )
     }
 }
@@ -276,6 +284,7 @@ impl fmt::Display for Action {
                 describe_properties(f, &t.properties)
             }
             Self::PatchTarget { changes, .. } => write!(f, "update volume target: {}", changes.join(", ")),
+            Self::SetBootDevice { .. } => f.write_str("set persistent boot device pxe"),
             Self::DeleteTarget {
                 volume_id,
                 boot_index,
@@ -438,6 +447,50 @@ pub fn plan(desired: Option<&Desired>, current: &Current) -> Plan {
         None => plan_removal(current, &perms, &mut out),
     }
     out
+}
+
+/// States before adoption in which Ironic accepts a boot device (its fake and real drivers;
+/// `active` is left alone).
+pub fn boot_device_settable(provision_state: &str) -> bool {
+    matches!(
+        provision_state,
+        "enroll" | "manageable" | "available" | "adopt failed"
+    )
+}
+
+/// Folds the adoption handshake's first step into a configuring pass: the persistent PXE
+/// boot device is PUT right before the pass's last node PATCH, and that PATCH records it
+/// under `key` in `extra`, which saves the handshake a PATCH of its own (Ironic's costliest
+/// write). Only with `bootVolume`, nothing blocked, the node unlocked, in a state that
+/// accepts a boot device and not recorded yet. If the PATCH then fails, the boot device is
+/// set again by a later pass: harmless. Returns whether it folded.
+pub fn fold_boot_device(plan: &mut Plan, current: &Current, key: &str) -> bool {
+    let node = &current.node;
+    let settable = boot_device_settable(node.provision_state.as_deref().unwrap_or(""));
+    if !settable || node.extra.contains_key(key) || node.reservation.is_some() || !plan.blocked.is_empty() {
+        return false;
+    }
+    let Some(at) = plan
+        .actions
+        .iter()
+        .rposition(|a| matches!(a, Action::PatchNode { .. }))
+    else {
+        return false;
+    };
+    if let Action::PatchNode { ops, changes, .. } = &mut plan.actions[at] {
+        ops.push(PatchOp::Add {
+            path: format!("/extra/{key}"),
+            value: json!("pxe"),
+        });
+        changes.push("record boot device pxe".into());
+    }
+    plan.actions.insert(
+        at,
+        Action::SetBootDevice {
+            uuid: node.uuid.clone(),
+        },
+    );
+    true
 }
 
 /// Node: storage interface, `iscsi_boot` capability, ownership marker.

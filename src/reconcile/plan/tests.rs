@@ -122,6 +122,8 @@ fn simulate(current: &Current, actions: &[Action]) -> Current {
                 *x = mask(patched(x, ops));
             }
             Action::DeleteTarget { uuid, .. } => c.targets.retain(|x| &x.uuid != uuid),
+            // Not a field of the node a listing shows.
+            Action::SetBootDevice { .. } => {}
         }
     }
     c
@@ -148,6 +150,7 @@ fn kinds(p: &Plan) -> Vec<&'static str> {
             Action::CreateTarget(_) => "create_target",
             Action::PatchTarget { .. } => "patch_target",
             Action::DeleteTarget { .. } => "delete_target",
+            Action::SetBootDevice { .. } => "set_boot_device",
         })
         .collect()
 }
@@ -233,6 +236,91 @@ fn storage_interface_patch_is_separate_only_near_adoption() {
     current.node.provision_state = Some("enroll".into());
     let p = plan(Some(&desired_external()), &current);
     assert_eq!(node_patches(&p), [vec!["/storage_interface"]]);
+}
+
+/// The boot device rides on a configuring pass only where the handshake would set it next:
+/// a state that takes a boot device, unlocked, nothing blocked, not recorded, and a node
+/// PATCH in the plan to carry the record.
+#[test]
+fn boot_device_folds_into_the_last_node_patch_only_when_the_handshake_would_set_it() {
+    const KEY: &str = "bootvolume_boot_device";
+    let fold = |current: &Current| {
+        let mut p = plan(Some(&desired_external()), current);
+        let folded = fold_boot_device(&mut p, current, KEY);
+        (folded, kinds(&p), p)
+    };
+    let with = |state: &str, power: Option<&str>, edit: fn(&mut Current)| {
+        let mut c = node(state, power);
+        edit(&mut c);
+        c
+    };
+    let cases: [(&str, Current, bool); 7] = [
+        ("enroll", with("enroll", None, |_| {}), true),
+        ("available", with("available", Some("power off"), |_| {}), true),
+        ("manageable", with("manageable", Some("power on"), |_| {}), true),
+        (
+            "active",
+            with("active", Some("power on"), |c| {
+                c.node.storage_interface = Some("external".into())
+            }),
+            false,
+        ),
+        (
+            "locked",
+            with("enroll", None, |c| c.node.reservation = Some("conductor".into())),
+            false,
+        ),
+        (
+            "recorded",
+            with("enroll", None, |c| {
+                c.node.extra.insert(KEY.into(), json!("pxe"));
+            }),
+            false,
+        ),
+        // A LUN change while powered on waits: nothing folds into a blocked pass, even one
+        // with a node PATCH (the capability) to carry the record.
+        (
+            "blocked",
+            {
+                let start = node("available", Some("power off"));
+                let mut c = converge(Some(&desired_external()), &start);
+                c.node.power_state = Some("power on".into());
+                c.targets[0].properties.insert("target_lun".into(), json!(9));
+                c.node.properties.remove("capabilities");
+                c
+            },
+            false,
+        ),
+    ];
+    for (case, current, want) in cases {
+        let (folded, kinds, p) = fold(&current);
+        assert!(
+            kinds.contains(&"patch_node"),
+            "{case}: no node PATCH to fold into: {kinds:?}"
+        );
+        assert_eq!(folded, want, "{case}: {kinds:?}");
+        let puts = kinds.iter().filter(|k| **k == "set_boot_device").count();
+        assert_eq!(puts, usize::from(want), "{case}: {kinds:?}");
+        if !want {
+            continue;
+        }
+        // The PUT right before the last node PATCH, which records it.
+        let at = kinds.iter().rposition(|k| *k == "patch_node").unwrap();
+        assert_eq!(kinds[at - 1], "set_boot_device", "{case}: {kinds:?}");
+        let Action::PatchNode { ops, .. } = &p.actions[at] else {
+            unreachable!()
+        };
+        let last = serde_json::to_value(ops.last().unwrap()).unwrap();
+        assert_eq!(
+            last,
+            json!({"op": "add", "path": "/extra/bootvolume_boot_device", "value": "pxe"}),
+            "{case}"
+        );
+    }
+    // In sync (no node PATCH to carry the record): the handshake sets it on its own.
+    let synced = converge(Some(&desired_external()), &node("enroll", None));
+    let (folded, kinds, _) = fold(&synced);
+    assert!(!folded && kinds.is_empty(), "{kinds:?}");
 }
 
 #[test]
