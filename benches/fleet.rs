@@ -389,16 +389,14 @@ async fn one(n: usize) -> Row {
         "--resync-interval",
         &RESYNC_SECS.to_string(),
     ])
-    .args(["--concurrency", "16", "--log-level", "warn"])
+    .args(["--concurrency", "16", "--log-level"])
+    // BENCH_LOG="warn,bootvolume::ironic=debug" logs every Ironic request (to stderr).
+    .arg(std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()))
     // Configuration and fleet sync only: with no baremetal-operator here to adopt, a
     // handed-over host would stay in its hand-over phase and be re-checked per host.
     // The hand-over's own cost per host is measured in tests/adoption_live.rs.
     .arg("--handoff=false")
     .env("KUBECONFIG", &kubeconfig)
-    .env(
-        "RUST_LOG",
-        std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-    )
     .stdout(Stdio::null())
     .spawn()
     .expect("start the controller");

@@ -162,6 +162,9 @@ pub enum Verdict {
     Unverified,
     /// The plan has work: `n` writes (or waits).
     OutOfSync(usize),
+    /// A pass of ours wrote the node and succeeded while this listing was read, so the
+    /// listing may show it half-written; that pass's outcome stands, the next listing looks.
+    WrittenDuringListing,
 }
 
 impl Verdict {
@@ -263,11 +266,9 @@ impl FleetState {
         if index.has_ours(host) {
             return false;
         }
-        let touched = lock(&self.touched);
-        if host.node_id.iter().any(|id| touched.contains_key(id)) || touched.contains_key(&host.node_name()) {
+        if self.touched_since_listing(host) {
             return false;
         }
-        drop(touched);
         lock(&self.records)
             .get(&key(host))
             .is_none_or(|r| r.desired.is_none())
@@ -339,10 +340,23 @@ impl FleetState {
     }
 
     /// The current snapshot's [`verdict`] on `host` (`None` before the first snapshot).
+    ///
+    /// A node a successful pass wrote since the listing began is not judged from it: its
+    /// node page may predate the write and its target page follow it (a host configured in
+    /// that window used to look out of sync and cost a pass of three reads).
     pub fn verdict(&self, host: &HostSpec) -> Option<Verdict> {
         let index = self.index()?;
         let record = self.record(host);
+        if record.is_some() && self.touched_since_listing(host) {
+            return Some(Verdict::WrittenDuringListing);
+        }
         Some(verdict(host, record.as_deref(), &index))
+    }
+
+    /// A successful pass of `host` wrote its node after the current listing began.
+    fn touched_since_listing(&self, host: &HostSpec) -> bool {
+        let touched = lock(&self.touched);
+        host.node_id.iter().any(|id| touched.contains_key(id)) || touched.contains_key(&host.node_name())
     }
 }
 
@@ -796,11 +810,19 @@ mod tests {
         let bv = host(true, None);
         let state = FleetState::default();
         assert_eq!(state.verdict(&bv), None, "no snapshot: nothing decided");
-        let mut index = converged(&bv, "pw");
-        index.targets.clear();
-        state.install(index, Instant::now());
+        let no_target = || {
+            let mut index = converged(&bv, "pw");
+            index.targets.clear();
+            index
+        };
         state.remember(record(&bv, "pw"), UUID, false);
+        state.install(no_target(), Instant::now());
         assert_eq!(state.verdict(&bv), Some(Verdict::OutOfSync(1)));
+        // The same listing, but the pass succeeded while it was read: not judged from it.
+        state.install(no_target(), Instant::now());
+        state.remember(record(&bv, "pw"), UUID, true);
+        assert_eq!(state.verdict(&bv), Some(Verdict::WrittenDuringListing));
+        assert!(!Verdict::WrittenDuringListing.needs_pass());
         let mut fine = converged(&bv, "pw");
         fine.targets.values_mut().flatten().for_each(|t| {
             assert!(t.extra.contains_key(CREDENTIALS_KEY));
