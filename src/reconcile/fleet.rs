@@ -29,7 +29,7 @@
 use super::{
     apply::HostSpec,
     metrics::Metrics,
-    plan::{self, Current, Desired, MANAGED_KEY},
+    plan::{self, Current, Desired, MANAGED_KEY, OUR_EXTRA_PREFIX},
 };
 use crate::ironic::{self, Connector, IronicClient, Node, Target, list::PAGE_SIZE};
 use futures::SinkExt as _;
@@ -66,6 +66,22 @@ pub struct FleetIndex {
     pub taken_at: Option<Instant>,
 }
 
+/// Drops what neither a plan nor the handshake reads from a listed node (other properties,
+/// other clients' `extra`, all of `driver_internal_info` but `boot_from_volume`): a listing
+/// is held for every node between syncs. Each non-empty JSON object costs a tree node of
+/// about 600 bytes, so an emptied one is replaced by an unallocated map.
+fn keep_what_a_pass_reads(node: &mut Node) {
+    fn keep(map: &mut Map<String, Value>, wanted: impl Fn(&str) -> bool) {
+        map.retain(|k, _| wanted(k));
+        if map.is_empty() {
+            *map = Map::new();
+        }
+    }
+    keep(&mut node.properties, |k| k == "capabilities");
+    keep(&mut node.extra, |k| k.starts_with(OUR_EXTRA_PREFIX));
+    keep(&mut node.driver_internal_info, |k| k == "boot_from_volume");
+}
+
 fn managed(extra: &Map<String, Value>) -> bool {
     extra.get(MANAGED_KEY).is_some_and(|v| v == &Value::Bool(true))
 }
@@ -87,6 +103,8 @@ impl FleetIndex {
             }
             index.targets.entry(t.node_uuid.clone()).or_default().push(t);
         }
+        let mut nodes = nodes;
+        nodes.iter_mut().for_each(keep_what_a_pass_reads);
         for (i, n) in nodes.iter().enumerate() {
             index.by_uuid.insert(n.uuid.clone(), i);
             if let Some(name) = &n.name {
@@ -633,6 +651,43 @@ mod tests {
         // A host whose node is missing keeps the listing going to the end.
         let mut one = Unseen::new(&[by_name]);
         assert!(!one.saw(&[node("x", "ns~foreign")]));
+    }
+
+    /// A listing keeps of each node only what a pass reads; every `extra` key of ours
+    /// carries the prefix that decides what is kept.
+    #[test]
+    fn a_listing_keeps_only_what_a_pass_reads() {
+        use crate::reconcile::handshake::{BOOT_DEVICE_KEY, STALE_KEY};
+        for key in [MANAGED_KEY, CREDENTIALS_KEY, BOOT_DEVICE_KEY, STALE_KEY] {
+            assert!(key.starts_with(OUR_EXTRA_PREFIX), "{key}");
+        }
+        let bv = host(true, None);
+        let mut node = plain_node(
+            "ns~h",
+            json!({MANAGED_KEY: true, BOOT_DEVICE_KEY: "pxe", "other": 1}),
+        );
+        node.properties =
+            serde_json::from_value(json!({"capabilities": "iscsi_boot:True", "cpu_arch": "x86_64"})).unwrap();
+        node.driver_internal_info =
+            serde_json::from_value(json!({"boot_from_volume": "t-1", "last_power_state_change": "x"}))
+                .unwrap();
+        let mut bare = plain_node("ns~bare", json!({"other": 1}));
+        bare.uuid = "other-uuid".into();
+        bare.driver_internal_info = serde_json::from_value(json!({"agent_url": "x"})).unwrap();
+        let index = FleetIndex::new(vec![node, bare], vec![], vec![]);
+        let kept = index.current(&bv).unwrap().node;
+        assert_eq!(
+            Value::Object(kept.extra.clone()),
+            json!({MANAGED_KEY: true, BOOT_DEVICE_KEY: "pxe"})
+        );
+        assert_eq!(
+            Value::Object(kept.properties.clone()),
+            json!({"capabilities": "iscsi_boot:True"})
+        );
+        assert_eq!(kept.boot_from_volume(), Some("t-1"));
+        assert_eq!(kept.driver_internal_info.len(), 1);
+        let bare = &index.nodes[index.by_uuid["other-uuid"]];
+        assert!(bare.extra.is_empty() && bare.driver_internal_info.is_empty() && bare.properties.is_empty());
     }
 
     #[test]

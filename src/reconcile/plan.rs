@@ -18,6 +18,9 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
+/// The prefix of every key this reconciler writes in an Ironic object's `extra` (a
+/// listing keeps only these of a node's `extra`).
+pub const OUR_EXTRA_PREFIX: &str = "bootvolume_";
 /// `extra` key marking nodes, connectors and targets this reconciler configured.
 pub const MANAGED_KEY: &str = "bootvolume_managed";
 /// Target `extra` key holding the digest of the CHAP credentials last sent.

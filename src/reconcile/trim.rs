@@ -38,6 +38,10 @@ pub fn trim_host(obj: &mut DynamicObject) {
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.retain(|k, _| k.starts_with(OUR_ANNOTATIONS));
     }
+    // Most hosts have none of ours: drop the emptied map and the tree node it may still hold.
+    if meta.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+        meta.annotations = None;
+    }
     meta.labels = None;
     meta.owner_references = None;
     meta.finalizers = None;
