@@ -64,13 +64,13 @@ impl IronicClient {
     }
 
     /// Nodes page by page until `enough` says the pages so far hold every node the caller
-    /// needs (it sees each page once, in order, and may trim its nodes before they are
-    /// kept), or the list ends. Ironic announces a next page whenever a page is full, so
-    /// without this a fleet of exactly 1,000 nodes costs a second, empty page.
+    /// needs (it sees each page once, in order), or the list ends. Ironic announces a next
+    /// page whenever a page is full, so without this a fleet of exactly 1,000 nodes costs a
+    /// second, empty page.
     pub async fn list_nodes_until(
         &self,
         page_size: usize,
-        enough: impl FnMut(&mut [Node]) -> bool,
+        enough: impl FnMut(&[Node]) -> bool,
     ) -> Result<Listing<Node>, Error> {
         self.list_pages(&format!("/v1/nodes?fields={NODE_FIELDS}"), page_size, enough)
             .await
@@ -92,7 +92,7 @@ impl IronicClient {
         &self,
         first: &str,
         page_size: usize,
-        mut enough: impl FnMut(&mut [T]) -> bool,
+        mut enough: impl FnMut(&[T]) -> bool,
     ) -> Result<Listing<T>, Error> {
         let limit = page_size.clamp(1, PAGE_SIZE);
         let mut out = Listing {
@@ -110,11 +110,11 @@ impl IronicClient {
                     Some(self.timeout.saturating_mul(PAGE_TIMEOUT_FACTOR)),
                 )
                 .await?;
-            let mut page: Page<T> = super::decode(&path, &text)?;
+            let page: Page<T> = super::decode(&path, &text)?;
             out.pages += 1;
             let more = page.next.is_some_and(|n| !n.is_empty()) && !page.items.is_empty();
             marker = page.items.last().map(|t| t.uuid().to_owned());
-            let done = enough(&mut page.items);
+            let done = enough(&page.items);
             out.items.extend(page.items);
             if !more || done {
                 return Ok(out);

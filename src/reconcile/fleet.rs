@@ -50,51 +50,10 @@ use std::{
 /// How long a listing may stand in for a pass's own reads.
 pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(120);
 
-/// A listed node as held between syncs: the node without its three JSON objects, and those
-/// (already cut to what a pass reads) as one JSON text. A non-empty JSON object costs a
-/// tree node of about 600 bytes; its text costs its length. [`FleetIndex::current`]
-/// rebuilds the node.
-#[derive(Debug)]
-struct Listed {
-    node: Node,
-    /// `[properties, extra, driver_internal_info]`.
-    objects: Box<str>,
-}
-
-type NodeObjects = (Map<String, Value>, Map<String, Value>, Map<String, Value>);
-
-impl Listed {
-    fn new(mut node: Node) -> Self {
-        keep_what_a_pass_reads(&mut node);
-        let objects: NodeObjects = (
-            std::mem::take(&mut node.properties),
-            std::mem::take(&mut node.extra),
-            std::mem::take(&mut node.driver_internal_info),
-        );
-        // Serializing maps of JSON values cannot fail.
-        let objects = serde_json::to_string(&objects)
-            .unwrap_or_default()
-            .into_boxed_str();
-        Self { node, objects }
-    }
-
-    /// The node as listed (`None` only if the text were not ours: then a pass reads it).
-    fn node(&self) -> Option<Node> {
-        let (properties, extra, driver_internal_info): NodeObjects =
-            serde_json::from_str(&self.objects).ok()?;
-        Some(Node {
-            properties,
-            extra,
-            driver_internal_info,
-            ..self.node.clone()
-        })
-    }
-}
-
 /// Everything Ironic holds, indexed for the join.
 #[derive(Debug, Default)]
 pub struct FleetIndex {
-    nodes: Vec<Listed>,
+    nodes: Vec<Node>,
     by_uuid: HashMap<String, usize>,
     by_name: HashMap<String, usize>,
     connectors: HashMap<String, Vec<Connector>>,
@@ -144,8 +103,9 @@ impl FleetIndex {
             }
             index.targets.entry(t.node_uuid.clone()).or_default().push(t);
         }
-        index.nodes.reserve_exact(nodes.len());
-        for (i, n) in nodes.into_iter().enumerate() {
+        let mut nodes = nodes;
+        nodes.iter_mut().for_each(keep_what_a_pass_reads);
+        for (i, n) in nodes.iter().enumerate() {
             index.by_uuid.insert(n.uuid.clone(), i);
             if let Some(name) = &n.name {
                 index.by_name.insert(name.clone(), i);
@@ -154,13 +114,13 @@ impl FleetIndex {
                 index.ours.insert(n.uuid.clone());
                 index.ours.extend(n.name.clone());
             }
-            index.nodes.push(Listed::new(n));
         }
+        index.nodes = nodes;
         index
     }
 
     /// The host's node: by `status.provisioning.ID` (a UUID, or a name), else by name.
-    fn node_of(&self, host: &HostSpec) -> Option<&Listed> {
+    fn node_of(&self, host: &HostSpec) -> Option<&Node> {
         let by_id = host
             .node_id
             .as_deref()
@@ -172,7 +132,7 @@ impl FleetIndex {
 
     /// What Ironic holds for the host's node, as a per-host pass would read it.
     pub fn current(&self, host: &HostSpec) -> Option<Current> {
-        let node = self.node_of(host)?.node()?;
+        let node = self.node_of(host)?.clone();
         Some(Current {
             connectors: self.connectors.get(&node.uuid).cloned().unwrap_or_default(),
             targets: self.targets.get(&node.uuid).cloned().unwrap_or_default(),
@@ -435,12 +395,7 @@ pub async fn refresh(
     let started = Instant::now();
     let mut unseen = Unseen::new(hosts);
     let nodes = client
-        .list_nodes_until(PAGE_SIZE, |page| {
-            // Cut each page to what a pass reads before the next arrives: 5,000 untrimmed
-            // nodes held until the last page were the sync's largest transient.
-            page.iter_mut().for_each(keep_what_a_pass_reads);
-            unseen.saw(page)
-        })
+        .list_nodes_until(PAGE_SIZE, |page| unseen.saw(page))
         .await?;
     let connectors = client.list_all_connectors(PAGE_SIZE).await?;
     let targets = client.list_all_targets(PAGE_SIZE).await?;
@@ -731,9 +686,8 @@ mod tests {
         );
         assert_eq!(kept.boot_from_volume(), Some("t-1"));
         assert_eq!(kept.driver_internal_info.len(), 1);
-        let bare = index.nodes[index.by_uuid["other-uuid"]].node().unwrap();
+        let bare = &index.nodes[index.by_uuid["other-uuid"]];
         assert!(bare.extra.is_empty() && bare.driver_internal_info.is_empty() && bare.properties.is_empty());
-        assert_eq!(&*index.nodes[index.by_uuid["other-uuid"]].objects, "[{},{},{}]");
     }
 
     #[test]
